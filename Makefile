@@ -1,0 +1,61 @@
+# The project's vocabulary. `make demo` and `make test` work on a fresh machine: they create
+# .venv from the locks first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CUDA build in requirements.lock is for the container; here the same torch version is
+# installed on its own (on a CPU machine point pip at a CPU build, e.g. PyTorch's CPU index).
+TORCH_SPEC ?= torch==$(shell sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements.lock)
+IMAGE ?= dpo-job:dev
+# What `make demo` runs: the embedded default (tiny LLaVA-NeXT, generated RLAIF-V sample, 4-bit QLoRA on CPU).
+DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES=64 DPO_MAX_STEPS=40 \
+	DPO_PER_DEVICE_TRAIN_BATCH_SIZE=4 DPO_GRADIENT_ACCUMULATION_STEPS=1 DPO_LEARNING_RATE=5e-3 \
+	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_FRACTION=0.25 DPO_OUTPUT_DIR=outputs/demo \
+	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
+
+.PHONY: install demo test lint lock docs image clean
+
+install: $(VENV)/.installed
+
+# The runtime lock minus the CUDA-only wheels (torch itself comes from TORCH_SPEC), then the test lock.
+build/requirements-cpu.lock: requirements.lock
+	mkdir -p build
+	awk '/^[a-z0-9]/ { skip = ($$1 ~ /^(torch|triton|nvidia-|cuda-)/) } !skip' $< > $@
+
+$(VENV)/.installed: build/requirements-cpu.lock requirements-dev.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r build/requirements-cpu.lock
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: install
+	$(DEMO_ENV) $(BIN)/python -m entrypoint
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check entrypoint tests
+	$(BIN)/hadolint Dockerfile
+
+# Regenerate both locks from the .in files (no downloads: uv resolves from the index metadata).
+lock:
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
+	$(BIN)/uv pip compile requirements-dev.in -c requirements.lock -o requirements-dev.lock \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
+
+# The settings reference in README.md, generated from entrypoint/settings.py.
+docs: install
+	$(BIN)/python -m entrypoint.reference --write README.md
+
+image:
+	docker build -t $(IMAGE) .
+
+clean:
+	rm -rf build outputs .pytest_cache

@@ -1,0 +1,44 @@
+"""`python -m entrypoint`: read the settings, run the job, turn user errors into exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from entrypoint.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+
+
+def main(argv: list[str]) -> int:
+    from entrypoint import reference
+
+    unknown = [a for a in argv if a not in ("--dry-run", "--help", "-h")]
+    if unknown:
+        print(f"error: unknown argument {unknown[0]!r}; settings are environment variables (see --help)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if "--help" in argv or "-h" in argv:
+        sys.stdout.write(reference.text())
+        return EXIT_OK
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        from entrypoint.job import run
+        from entrypoint.settings import load_settings
+
+        settings = load_settings()
+        result = run(settings, dry_run="--dry-run" in argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if result is not None:
+        print(result.summary())
+    return EXIT_OK
+
+
+def cli() -> None:
+    """The `dpo-job` console script and `python -m entrypoint`."""
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    cli()

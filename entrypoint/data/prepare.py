@@ -1,0 +1,98 @@
+"""Raw rows -> checked, formatted train/eval pairs, and a report of what was dropped and why."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from entrypoint.data.formats import FormatContext, message_text, resolve_format, vqa_context
+from entrypoint.data.images import MIN_SIDE, SizeLimit, clean_image
+from entrypoint.data.sources import load_rows
+from entrypoint.errors import ConfigError
+
+MIN_PAIRS = 2  # DPO needs at least one train pair and one batch; fewer is a data problem
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset of pairs
+    eval: Any | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def has_images(fmt: Any, columns: dict[str, str], column_names: list[str]) -> bool:
+    return "image" in fmt.required or "image" in columns or "image" in column_names
+
+
+def _problem(pair: dict[str, Any] | None) -> str:
+    """Why a pair is unusable, or '' when it is fine."""
+    if pair is None:
+        return "no rejected answer can be built"
+    texts = [message_text(pair[role]) for role in ("prompt", "chosen", "rejected")]
+    if not all(t.strip() for t in texts):
+        return "empty prompt, chosen or rejected"
+    if texts[1].strip() == texts[2].strip():
+        return "chosen equals rejected"
+    for image in pair.get("images") or []:
+        if image is None:
+            return "missing image"
+        if min(image.size) < MIN_SIDE:
+            return "image too small"
+    return ""
+
+
+def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int, max_samples: int | None,
+            eval_fraction: float, max_eval_pairs: int, limit: SizeLimit, cache_dir: Path,
+            prompt_length: Callable[[dict[str, Any]], int] | None = None,
+            max_length: int | None = None) -> PreparedData:
+    """Load, shuffle, cap, format, check, measure and split. Deterministic for a given seed.
+
+    `prompt_length` measures a pair's prompt in tokens; pairs whose prompt reaches `max_length`
+    are dropped (see budget.py).
+    """
+    rows = load_rows(ref, split, cache_dir)
+    fmt, columns = resolve_format(fmt_name, rows.column_names, column_spec)
+    rows_read = len(rows)
+    rows = rows.shuffle(seed=seed)
+    if max_samples:
+        rows = rows.select(range(min(max_samples, len(rows))))
+    context = vqa_context(rows["question"], rows["answer"]) if fmt.name == "vqa-rad" else FormatContext(columns)
+    empty = dict.fromkeys(("prompt", "chosen", "rejected", "images") if has_images(fmt, columns, rows.column_names)
+                          else ("prompt", "chosen", "rejected"))
+
+    def to_pair(row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            pair = fmt.to_pair(row, context)
+        except OSError:  # an image that cannot be decoded
+            pair = None
+            problem = "unreadable image"
+        else:
+            problem = _problem(pair)
+        if problem:
+            return {**empty, "problem": problem}
+        if "images" in pair:
+            pair["images"] = [clean_image(image, limit) for image in pair["images"]]
+        if prompt_length and max_length and prompt_length(pair) >= max_length:
+            return {**empty, "problem": "prompt (with image tokens) reaches DPO_MAX_LENGTH"}
+        return {**pair, "problem": ""}
+
+    pairs = rows.map(to_pair, remove_columns=rows.column_names, desc="Formatting pairs")
+    problems = Counter(p for p in pairs["problem"] if p)
+    pairs = pairs.filter(lambda problem: not problem, input_columns="problem").remove_columns("problem")
+    if len(pairs) < MIN_PAIRS:
+        raise ConfigError(f"DPO_DATASET={ref}: only {len(pairs)} usable pairs "
+                          f"(dropped: {dict(problems) or 'none'})")
+    train, evaluation = pairs, None
+    if eval_fraction > 0:
+        n_eval = min(max_eval_pairs, max(1, round(len(pairs) * eval_fraction)))
+        split_pairs = pairs.train_test_split(test_size=n_eval, seed=seed)
+        train, evaluation = split_pairs["train"], split_pairs["test"]
+    report = {
+        "source": ref, "format": fmt.name, "rows_read": rows_read, "rows_used": len(rows),
+        "pairs": len(pairs), "dropped": dict(sorted(problems.items())),
+        "train_pairs": len(train), "eval_pairs": len(evaluation) if evaluation is not None else 0,
+    }
+    return PreparedData(train, evaluation, report)

@@ -1,0 +1,285 @@
+"""Small generated datasets (`DPO_DATASET=sample:<name>`), so the whole job runs with no network.
+
+Each sample copies the exact schema of the real dataset it stands for, so it goes through the very
+same code path (format detection, image cleaning, collation) as the real thing:
+
+- `rlaif-v`: openbmb/RLAIF-V-Dataset: coloured shapes, questions about them, a correct `chosen`
+  and a `rejected` that gets the colour, shape or count wrong or hallucinates an object.
+- `vqa-rad`: flaviagiammarino/vqa-rad: greyscale "scans" of a brain, lungs or liver, with or
+  without a bright "lesion"; half yes/no questions, half open ones, like the real set.
+- `text`: a plain (non-conversational) preference set, prompt/chosen/rejected strings: polite
+  correct answers to sums and facts are chosen, wrong or rude ones rejected.
+
+The preferences follow from the content (the image, the sum), so a model can in principle learn
+them: a training run on a sample shows a real signal, not noise. Images have varied sizes and, for
+`rlaif-v`, the modes (L, RGBA, P) that real data brings, to exercise the RGB conversion.
+
+Every row is drawn from its own RNG seeded by (name, seed, row index): the same seed gives the same
+file, byte for byte, and a longer sample starts with the rows of a shorter one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from entrypoint.errors import ConfigError
+
+SAMPLES: tuple[str, ...] = ("rlaif-v", "vqa-rad", "text")
+
+MIN_SIDE, MAX_SIDE = 24, 96
+
+
+def _features(name: str):
+    """The schemas of the real datasets (from their dataset cards); `text` is TRL's standard format."""
+    from datasets import Features, Image as ImageFeature, Value
+
+    string = Value("string")
+    columns = {
+        "rlaif-v": {"ds_name": string, "image": ImageFeature(), "question": string, "chosen": string,
+                    "rejected": string, "origin_dataset": string, "origin_split": string, "idx": string,
+                    "image_path": string},
+        "vqa-rad": {"image": ImageFeature(), "question": string, "answer": string},
+        "text": {"prompt": string, "chosen": string, "rejected": string},
+    }[name]
+    return Features(columns)
+
+
+def _png(image: Image.Image) -> dict[str, object]:
+    """PNG bytes as the `Image` feature stores them; encoded here so the bytes are ours to pin."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _size(rng: random.Random) -> tuple[int, int]:
+    return rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _other(rng: random.Random, options, wrong_for):
+    return rng.choice([o for o in options if o != wrong_for])
+
+
+# --- rlaif-v -------------------------------------------------------------------------------------
+
+_COLORS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (240, 210, 30),
+           "purple": (140, 50, 170), "orange": (245, 140, 20)}
+_GREYS = {"white": 255, "black": 0}  # shape colours in the greyscale images, drawn on grey
+_BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+_SHAPES = ("square", "circle", "triangle")
+_NUMBERS = ("zero", "one", "two", "three", "four")
+_OBJECTS = ("dog", "tree", "car", "person", "cup", "clock")
+# Row i's mode is fixed by its position, so every sample of 8 rows or more has each of them.
+_MODES = ("RGB", "RGB", "L", "RGB", "RGBA", "RGB", "P", "RGB")
+
+
+def _things(count: int, shape: str) -> str:
+    return f"{_NUMBERS[count]} {shape}{'s' if count != 1 else ''}"
+
+
+def _draw_shapes(image: Image.Image, shape: str, count: int, fill) -> None:
+    """`count` shapes in a row (or a column, for tall images), one per cell, so none overlap."""
+    width, height = image.size
+    across = width >= height
+    cell_w, cell_h = (width / count, height) if across else (width, height / count)
+    side = 0.7 * min(cell_w, cell_h)
+    draw = ImageDraw.Draw(image)
+    for k in range(count):
+        cx = (k + 0.5) * cell_w if across else width / 2
+        cy = height / 2 if across else (k + 0.5) * cell_h
+        box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+        if shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif shape == "circle":
+            draw.ellipse(box, fill=fill)
+        else:
+            draw.polygon([(cx, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
+
+
+def _rlaif_v_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+    mode = _MODES[i % len(_MODES)]
+    shape, count = rng.choice(_SHAPES), rng.randint(1, 3)
+    size = _size(rng)
+    if mode == "L":
+        palette, background = _GREYS, "gray"
+        color = rng.choice(list(palette))
+        image = Image.new("L", size, 128)
+        _draw_shapes(image, shape, count, palette[color])
+    else:
+        palette, background = _COLORS, "white" if mode == "RGBA" else rng.choice(list(_BACKGROUNDS))
+        color = rng.choice(list(palette))
+        if mode == "RGBA":  # transparent background: white once flattened, as the text says
+            image = Image.new("RGBA", size, (255, 255, 255, 0))
+            _draw_shapes(image, shape, count, (*palette[color], 255))
+        else:
+            image = Image.new("RGB", size, _BACKGROUNDS[background])
+            _draw_shapes(image, shape, count, palette[color])
+            if mode == "P":
+                image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    things = _things(count, shape)
+    kind = rng.choice(("color", "shape", "count", "describe", "exists"))
+    if kind == "color":
+        question = rng.choice((f"What color is the {shape} in the image?", f"What is the color of the {shape}?"))
+        verb = "is" if count == 1 else "are"
+        subject = f"The {shape}" if count == 1 else f"The {shape}s"
+        chosen = f"{subject} {verb} {color}."
+        rejected = f"{subject} {verb} {_other(rng, palette, color)}."
+    elif kind == "shape":
+        question = rng.choice(("What shape is shown in the image?", "Which shape can you see in this picture?"))
+        chosen = f"The image shows {things}, colored {color}."
+        rejected = f"The image shows {_things(count, _other(rng, _SHAPES, shape))}, colored {color}."
+    elif kind == "count":
+        question = f"How many {shape}s are there in the image?"
+        chosen = f"There {'is' if count == 1 else 'are'} {_NUMBERS[count]}."
+        wrong = _other(rng, range(1, 5), count)
+        rejected = f"There {'is' if wrong == 1 else 'are'} {_NUMBERS[wrong]}."
+    elif kind == "describe":
+        question = rng.choice(("Describe the image briefly.", "What is in this image?"))
+        chosen = f"The image shows {things} in {color} on a {background} background."
+        rejected = (f"The image shows {things} in {color} and a small {rng.choice(_OBJECTS)} "
+                    f"on a {background} background.")
+    else:  # exists: asks about the real shape or another one, so both answers occur
+        asked = rng.choice(_SHAPES)
+        question = f"Is there {_a(asked)} in the image?"
+        yes, no = f"Yes, there is {_a(color)} {asked}.", f"No, there is no {asked}; the image shows {things}."
+        chosen, rejected = (yes, f"No, there is no {asked} in the image.") if asked == shape else (
+            no, f"Yes, there is {_a(color)} {asked}.")
+    return {
+        "ds_name": "RLAIF-V",
+        "image": _png(image),
+        "question": question,
+        "chosen": chosen,
+        "rejected": rejected,
+        "origin_dataset": "synthetic-shapes",
+        "origin_split": json.dumps({"model": "generated", "feedback_model": "rule", "type": kind}),
+        "idx": f"synthetic-{seed}-{i}",
+        "image_path": f"synthetic/{seed}/{i:05d}.png",
+    }
+
+
+# --- vqa-rad -------------------------------------------------------------------------------------
+
+_ORGANS = ("brain", "lung", "liver")
+
+
+def _scan(organ: str, lesion: str | None, size: tuple[int, int], noise: np.random.Generator) -> Image.Image:
+    """A noisy grey "scan": the organ's outline decides the layout, a lesion is a bright blob."""
+    width, height = size
+    image = Image.new("L", size, 15)
+    draw = ImageDraw.Draw(image)
+    if organ == "brain":  # one large round shape
+        draw.ellipse((0.1 * width, 0.1 * height, 0.9 * width, 0.9 * height), fill=120)
+        regions = {"left": (0.3, 0.5), "right": (0.7, 0.5)}
+    elif organ == "lung":  # a bright body with two dark lungs
+        draw.rectangle((0.05 * width, 0.15 * height, 0.95 * width, 0.95 * height), fill=150)
+        for left in (0.12, 0.55):
+            draw.ellipse((left * width, 0.22 * height, (left + 0.33) * width, 0.88 * height), fill=60)
+        regions = {"left": (0.28, 0.55), "right": (0.72, 0.55)}
+    else:  # liver: a wide body, one organ filling the left of the image
+        draw.ellipse((0.02 * width, 0.2 * height, 0.98 * width, 0.85 * height), fill=90)
+        draw.ellipse((0.08 * width, 0.3 * height, 0.6 * width, 0.75 * height), fill=140)
+        regions = {"left": (0.3, 0.52), "right": (0.78, 0.52)}
+    if lesion:
+        x, y = regions[lesion]
+        r = max(2.0, min(width, height) / 9)
+        draw.ellipse((x * width - r, y * height - r, x * width + r, y * height + r), fill=245)
+    pixels = np.asarray(image, dtype=np.int16) + noise.integers(-20, 21, size=(height, width))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+
+
+def _vqa_rad_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+    organ = rng.choice(_ORGANS)
+    lesion = rng.choice((None, "left", "right"))
+    image = _scan(organ, lesion, _size(rng), np.random.default_rng(rng.getrandbits(64)))
+    yes_no = lambda flag: "yes" if flag else "no"  # noqa: E731
+    if i % 2 == 0:  # closed, like about half of the real set
+        asked = rng.choice(_ORGANS)
+        question, answer = rng.choice((
+            ("Is there an abnormality in the image?", yes_no(lesion)),
+            ("Is there a lesion present?", yes_no(lesion)),
+            ("Is this image normal?", yes_no(not lesion)),
+            (f"Is this an image of the {asked}?", yes_no(asked == organ)),
+        ))
+    else:
+        options = [("What organ is shown in this image?", organ), ("Which organ is imaged?", organ)]
+        if lesion:
+            options.append(("Where is the lesion located?", f"{lesion} side"))
+        else:
+            options.append(("What abnormality is seen?", "none"))
+        question, answer = rng.choice(options)
+    return {"image": _png(image), "question": question, "answer": answer}
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+_CAPITALS = {"France": ("Paris", "Lyon"), "Japan": ("Tokyo", "Osaka"), "Italy": ("Rome", "Milan"),
+             "Canada": ("Ottawa", "Toronto"), "Australia": ("Canberra", "Sydney"),
+             "Germany": ("Berlin", "Munich"), "Spain": ("Madrid", "Barcelona"), "Turkey": ("Ankara", "Istanbul")}
+_LEGS = {"spider": 8, "dog": 4, "bird": 2, "ant": 6, "cow": 4, "chicken": 2}
+_RUDE = ("That's a silly question. Look it up yourself.", "Why would I tell you? Figure it out.",
+         "Ugh, ask someone else.")
+
+
+def _text_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+    kind = rng.choice(("sum", "difference", "product", "capital", "legs"))
+    if kind in ("sum", "difference", "product"):
+        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        symbol, value = {"sum": ("+", a + b), "difference": ("-", a - b), "product": ("*", a * b)}[kind]
+        prompt = rng.choice((f"What is {a} {symbol} {b}?", f"Compute {a} {symbol} {b}."))
+        chosen = f"Sure! {a} {symbol} {b} = {value}."
+        wrong = f"{a} {symbol} {b} = {value + rng.choice((-2, -1, 1, 2, 10))}."
+    elif kind == "capital":
+        country = rng.choice(list(_CAPITALS))
+        capital, decoy = _CAPITALS[country]
+        prompt = rng.choice((f"What is the capital of {country}?", f"Which city is the capital of {country}?"))
+        chosen = f"The capital of {country} is {capital}."
+        wrong = f"The capital of {country} is {decoy}."
+    else:
+        animal = rng.choice(list(_LEGS))
+        prompt = f"How many legs does {_a(animal)} have?"
+        chosen = f"{_a(animal).capitalize()} has {_LEGS[animal]} legs."
+        wrong = f"{_a(animal).capitalize()} has {_other(rng, sorted(set(_LEGS.values())), _LEGS[animal])} legs."
+    rejected = rng.choice(_RUDE) if rng.random() < 0.25 else wrong
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+_ROWS = {"rlaif-v": _rlaif_v_row, "vqa-rad": _vqa_rad_row, "text": _text_row}
+
+
+def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0) -> pathlib.Path:
+    """Write sample `name` as one parquet file in `out_dir` and return its path.
+
+    An existing file of the same name, rows and seed is returned as is (the content is a pure
+    function of those). The file is written under a temporary name and renamed, so a reader never
+    sees half a file, even with several processes (ranks) writing at once.
+    """
+    if name not in SAMPLES:
+        raise ConfigError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
+    if rows < 1:
+        raise ConfigError(f"sample {name}: rows must be >= 1, got {rows}")
+    out_dir = pathlib.Path(out_dir)
+    path = out_dir / f"{name}-{rows}-{seed}.parquet"
+    if path.is_file():
+        return path
+    import datasets
+
+    records = [_ROWS[name](i, random.Random(f"{name}:{seed}:{i}"), seed) for i in range(rows)]
+    columns = {key: [record[key] for record in records] for key in records[0]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temp = out_dir / f".{path.name}.{os.getpid()}.tmp"  # not *.parquet: never picked up as data
+    try:
+        datasets.Dataset.from_dict(columns, features=_features(name)).to_parquet(str(temp))
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path

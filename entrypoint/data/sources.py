@@ -1,0 +1,90 @@
+"""Where rows come from: `sample:<name>`, a local file or directory, `s3://`, or a Hub dataset id.
+
+`check_source` is the cheap pre-flight (no download) run before any model is loaded;
+`load_rows` returns the raw rows as a `datasets.Dataset`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from entrypoint.errors import ConfigError
+
+SAMPLE_PREFIX = "sample:"
+_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_local(ref: str) -> bool:
+    """Paths are absolute, explicitly relative, or exist; anything else of the form org/name is a Hub id."""
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
+
+
+def check_source(ref: str) -> None:
+    """Fail fast, naming the problem, for a dataset reference that cannot work."""
+    if ref.startswith(SAMPLE_PREFIX):
+        from entrypoint.data.samples import SAMPLES
+
+        if ref[len(SAMPLE_PREFIX):] not in SAMPLES:
+            raise ConfigError(f"DPO_DATASET={ref!r}: unknown sample; samples: {', '.join(SAMPLES)}")
+    elif ref.startswith("s3://"):
+        from entrypoint import s3
+
+        bucket, key = s3.parse_uri(ref)
+        try:
+            found = s3.client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0)
+        except Exception as exc:  # noqa: BLE001 - credentials, bucket, endpoint: all the user's to fix
+            raise ConfigError(f"DPO_DATASET={ref}: {s3.describe_error(exc)}") from None
+        if not found:
+            raise ConfigError(f"DPO_DATASET={ref}: no such object or prefix")
+    elif looks_local(ref):
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ConfigError(f"DPO_DATASET={ref}: no such file or directory")
+        if path.is_file() and path.suffix not in _BUILDERS:
+            raise ConfigError(f"DPO_DATASET={ref}: unsupported file type; use {', '.join(_BUILDERS)}")
+    elif not _HUB_ID.match(ref):
+        raise ConfigError(f"DPO_DATASET={ref!r}: neither a Hub dataset id, an s3:// URI, a path nor a sample")
+
+
+def _data_files(path: Path) -> tuple[str, list[str]]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in _BUILDERS)
+    suffixes = {p.suffix for p in files}
+    if not files:
+        raise ConfigError(f"{path}: no {'/'.join(_BUILDERS)} files found")
+    if len({_BUILDERS[s] for s in suffixes}) > 1:
+        raise ConfigError(f"{path}: mixed file types {sorted(suffixes)}; keep one kind per dataset")
+    return _BUILDERS[files[0].suffix], [str(p) for p in files]
+
+
+def _load_local(path: Path, split: str) -> Any:
+    import datasets
+
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    builder, files = _data_files(path)
+    return datasets.load_dataset(builder, data_files=files, split="train")
+
+
+def load_rows(ref: str, split: str, cache_dir: Path) -> Any:
+    """The raw rows as a `datasets.Dataset` (images decoded lazily by `datasets`)."""
+    import datasets
+
+    if ref.startswith(SAMPLE_PREFIX):
+        from entrypoint.data.samples import write_sample
+
+        return _load_local(write_sample(ref[len(SAMPLE_PREFIX):], cache_dir / "samples"), split)
+    if ref.startswith("s3://"):
+        from entrypoint import s3
+
+        return _load_local(s3.download(ref, cache_dir / "s3"), split)
+    if looks_local(ref):
+        return _load_local(Path(ref).expanduser(), split)
+    try:
+        return datasets.load_dataset(ref, split=split, token=os.environ.get("HF_TOKEN"))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"DPO_DATASET={ref}: {exc}") from None

@@ -1,0 +1,114 @@
+"""Finding and loading the base model and its processor: Hub id, local directory, or `tiny:<family>`.
+
+`resolve_model` is the cheap pre-flight (a config.json, no weights); `load_processor` and
+`load_model` do the real work once the data is known to be good.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from entrypoint.data.sources import looks_local
+from entrypoint.errors import ConfigError
+from entrypoint.models.families import FAMILIES, Family, family_from_config
+
+TINY_PREFIX = "tiny:"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A base model that is known to exist: where to load it from, and its family."""
+
+    source: str  # local directory or Hub id, as given to from_pretrained
+    family: Family
+    revision: str | None = None
+
+
+def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: Path) -> ModelRef:
+    """Check the model exists and learn its family, without loading weights."""
+    if ref.startswith(TINY_PREFIX):
+        from entrypoint.models.tiny import TINY_FAMILIES, build_tiny
+
+        name = ref[len(TINY_PREFIX):]
+        if name not in TINY_FAMILIES:
+            raise ConfigError(f"DPO_MODEL={ref!r}: unknown tiny model; choose from "
+                              f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
+        path = build_tiny(name, cache_dir / "tiny" / name)
+        return ModelRef(str(path), FAMILIES[name])
+    if looks_local(ref):
+        path = Path(ref).expanduser()
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"DPO_MODEL={ref}: no such model directory (no config.json in {path})")
+        config = path / "config.json"
+        source = str(path)
+    else:
+        config = _hub_config(ref, revision)
+        source = ref
+    family = FAMILIES[family_name] if family_name != "auto" else family_from_config(config)
+    return ModelRef(source, family, revision)
+
+
+def _hub_config(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=os.environ.get("HF_TOKEN")))
+    except Exception as exc:  # noqa: BLE001 - not found, gated, offline: the user's to fix
+        raise ConfigError(f"DPO_MODEL={repo_id}: cannot read its config.json from the Hub "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def load_processor(model: ModelRef) -> Any:
+    """The processor (vision) or tokenizer (text), with a pad token: DPO batches need padding."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    loader = AutoProcessor if model.family.vision else AutoTokenizer
+    processor = loader.from_pretrained(model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"))
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
+def compute_dtype() -> Any:
+    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (bf16 matmuls are slow there)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(quantization: str, family: Family, dtype: Any) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype,
+                                  llm_int8_skip_modules=family.keep_full_precision)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=family.keep_full_precision)
+    return None
+
+
+def device_map() -> dict[str, Any]:
+    """Each process holds a whole copy of the model on its own device (DDP), or on the CPU."""
+    import torch
+    from accelerate import PartialState
+
+    if torch.cuda.is_available():
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+def load_model(model: ModelRef, quantization: str) -> Any:
+    import transformers
+
+    dtype = compute_dtype()
+    model_class = getattr(transformers, model.family.model_class)
+    return model_class.from_pretrained(
+        model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"), dtype=dtype,
+        quantization_config=quantization_config(quantization, model.family, dtype), device_map=device_map())

@@ -1,0 +1,75 @@
+"""The run directory: a contract that pipelines script against.
+
+    <DPO_OUTPUT_DIR>/
+      adapter/            PEFT adapter, processor files, model card (README.md)
+      metrics.json        train and eval metrics, sample generations
+      config.json         the resolved settings, secrets redacted
+      data_report.json    rows read, pairs made, rows dropped and why
+      manifest.json       written last: every other file's path, size and sha256
+
+A reader that finds manifest.json can trust that the run is complete. Checkpoints and caches are
+working state, not results: they are never listed in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ADAPTER_DIR = "adapter"
+METRICS = "metrics.json"
+CONFIG = "config.json"
+DATA_REPORT = "data_report.json"
+MANIFEST = "manifest.json"
+# The trainer pickles its arguments (hub_token included) next to the adapter; results never carry them.
+UNPUBLISHED_FILES = ("training_args.bin",)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        json.dump(data, tmp, indent=2, sort_keys=False, default=str)
+        tmp.write("\n")
+    os.replace(tmp.name, path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def result_files(run_dir: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
+    """Every file of the run's results, sorted; working state under `exclude` is left out."""
+    excluded = [p.resolve() for p in exclude]
+    files = []
+    for path in sorted(run_dir.rglob("*")):
+        resolved = path.resolve()
+        if not path.is_file() or path.name == MANIFEST or path.name.startswith("."):
+            continue
+        if any(resolved.is_relative_to(e) for e in excluded):
+            continue
+        files.append(path)
+    return files
+
+
+def write_manifest(run_dir: Path, run_name: str, exclude: tuple[Path, ...] = ()) -> dict[str, Any]:
+    files = [{"path": p.relative_to(run_dir).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in result_files(run_dir, exclude)]
+    manifest = {"run_name": run_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "files": files}
+    write_json(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+def remove_unpublished(adapter_dir: Path) -> None:
+    for name in UNPUBLISHED_FILES:
+        (adapter_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,81 @@
+"""S3 basics shared by data loading and publishing: URIs, the client, downloads.
+
+Credentials and the endpoint come from the standard AWS chain (`AWS_*` variables, profiles,
+instance roles); `AWS_ENDPOINT_URL_S3` points it at R2, MinIO or GCS's S3 interface.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from entrypoint.errors import ConfigError
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> ("bucket", "some/prefix")."""
+    if not uri.startswith("s3://"):
+        raise ConfigError(f"{uri!r}: not an s3:// URI")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r}: no bucket name")
+    return bucket, key.strip("/")
+
+
+@cache
+def client() -> Any:
+    """One client per process, with botocore's adaptive retries for throttling and 5xx."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(retries={"max_attempts": 10, "mode": "adaptive"}))
+
+
+def describe_error(exc: Exception) -> str:
+    """One line for the usual S3 failures: no credentials, no bucket, access denied, no endpoint."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile/role)"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def list_keys(bucket: str, prefix: str) -> list[tuple[str, int]]:
+    """(key, size) of every object under the prefix."""
+    keys: list[tuple[str, int]] = []
+    for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))
+    return keys
+
+
+def download(uri: str, dest: Path) -> Path:
+    """Download one object or every object under a prefix into `dest`; returns the local path.
+
+    Files already there with the right size are kept, so a restarted job does not fetch again.
+    """
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = parse_uri(uri)
+    try:
+        objects = list_keys(bucket, key)
+    except Exception as exc:  # noqa: BLE001 - every S3 failure here is the user's to fix
+        raise ConfigError(f"{uri}: {describe_error(exc)}") from None
+    exact = [(k, size) for k, size in objects if k == key]
+    objects = exact or [(k, size) for k, size in objects if k.startswith(key + "/" if key else "")]
+    if not objects:
+        raise ConfigError(f"{uri}: no such object or prefix")
+    root = dest / bucket / key
+    config = TransferConfig(multipart_threshold=64 * 2**20, max_concurrency=8)
+    for object_key, size in objects:
+        target = root if exact else root / object_key[len(key):].lstrip("/")
+        if target.is_file() and target.stat().st_size == size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        client().download_file(bucket, object_key, str(partial), Config=config)
+        partial.replace(target)
+    return root

@@ -1,0 +1,245 @@
+"""Every `DPO_*` setting, declared once: type, default, help, and whether it is secret.
+
+Two kinds of settings share the `DPO_` prefix:
+- job settings, declared in `JobSettings` below (model, data, LoRA, outputs, publishing);
+- every field of TRL's `DPOConfig` (`DPO_BETA`, `DPO_LEARNING_RATE`, `DPO_MAX_STEPS`, ...), typed
+  and documented by the dataclass itself (see `trainer_fields.py`). `TRAINING_DEFAULTS` holds the
+  few defaults this job changes and `TRAINING_BOUNDS` the ranges it checks before any GPU time.
+
+`load_settings()` validates all of it and raises `ConfigError` with one line naming the variable.
+Nothing here imports torch: bad configuration fails in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from entrypoint.errors import ConfigError
+from entrypoint.trainer_fields import dpo_config_fields
+
+ENV_PREFIX = "DPO_"
+REDACTED = "***"
+# Environment variables that hold credentials, by their standard names.
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+def _secret(**kwargs: Any) -> Any:
+    return Field(json_schema_extra={"secret": True}, **kwargs)
+
+
+class JobSettings(BaseSettings):
+    """What to train, on what data, and where the results go."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, protected_namespaces=(), enable_decoding=False,
+                                      extra="forbid", validate_default=False)
+
+    # --- model
+    model: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description=(
+        "Base model: a Hub id, a local model directory, or `tiny:<family>` (a tiny randomly "
+        "initialised model built offline in seconds; families: llava-next, llava, idefics2, causal-lm)."))
+    model_family: Literal["auto", "llava-next", "llava", "idefics2", "causal-lm"] = Field("auto", description=(
+        "Model family; `auto` reads it from the model's config.json."))
+    model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+    quantization: Literal["4bit", "8bit", "none"] = Field("4bit", description=(
+        "Base-model quantization: `4bit` is QLoRA (nf4, double quantization), `8bit` LLM.int8, `none` full precision."))
+    # --- data
+    dataset: str = Field("openbmb/RLAIF-V-Dataset", description=(
+        "Preference data: a Hub dataset id, `s3://bucket/key` (a file or a prefix), a local parquet/jsonl/json/csv "
+        "file or directory, or `sample:<name>` (generated offline; names: rlaif-v, vqa-rad, text)."))
+    dataset_format: Literal["auto", "rlaif-v", "vqa-rad", "preference"] = Field("auto", description=(
+        "How rows become prompt/chosen/rejected pairs; `auto` picks it from the columns."))
+    dataset_columns: str = Field("", description=(
+        "Column mapping for the `preference` format, e.g. `prompt=question,chosen=good,rejected=bad,image=img`."))
+    dataset_split: str = Field("train", description="Dataset split to read.")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many rows (after shuffling with the seed).")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Fraction of pairs held out for evaluation.")
+    max_eval_pairs: int = Field(256, gt=0, description="At most this many eval pairs (evaluation runs before and after).")
+    # --- LoRA
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: str = Field("all-linear", description=(
+        "LoRA targets: `all-linear` or a comma-separated list of module names."))
+    lora_vision: bool = Field(False, description=(
+        "Also adapt the vision tower and projector (by default only the language model is adapted)."))
+    # --- run and outputs
+    output_dir: Path | None = Field(None, description=(
+        "Run directory: adapter/, metrics.json, config.json, manifest.json. Default: outputs/<run name>."))
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$", description=(
+        "Name of the run (letters, digits, . _ -). Default: derived from the model and dataset."))
+    cache_dir: Path = Field(Path("~/.cache/dpo-job"), description=(
+        "Downloads, generated samples and tiny models. On the cloud, a disk that survives restarts."))
+    seed: int = Field(42, ge=0, description="Seed for data shuffling, the split and training.")
+    report_to: Literal["none", "wandb"] = Field("none", description=(
+        "Experiment tracking. `wandb` reads WANDB_API_KEY / WANDB_PROJECT / WANDB_MODE as usual."))
+    eval_generations: int = Field(2, ge=0, description=(
+        "Number of eval prompts to generate answers for, before and after training, in metrics.json."))
+
+    @field_validator("model", "dataset")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+# Defaults this job changes from DPOConfig's, with why.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 5e-6,  # LoRA DPO; DPOConfig's 1e-6 is tuned for full fine-tuning
+    "per_device_train_batch_size": 2,  # a 7B VLM with several image tiles per pair on one A100
+    "per_device_eval_batch_size": 2,
+    "gradient_accumulation_steps": 8,
+    "max_length": 4096,  # LLaVA-NeXT's anyres images take up to ~2900 tokens; cutting them is an error
+    "logging_steps": 10,
+    "save_steps": 100,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,  # below 1: a fraction of the total steps
+}
+# Ranges checked before any model is loaded.
+TRAINING_BOUNDS: dict[str, Any] = {
+    "beta": Field(gt=0),
+    "learning_rate": Field(gt=0),
+    "num_train_epochs": Field(gt=0),
+    "per_device_train_batch_size": Field(gt=0),
+    "per_device_eval_batch_size": Field(gt=0),
+    "gradient_accumulation_steps": Field(gt=0),
+    "max_length": Field(gt=0),
+    "save_steps": Field(gt=0),
+    "save_total_limit": Field(gt=0),
+    "logging_steps": Field(gt=0),
+}
+_FIXED_BY_JOB = {"output_dir", "run_name", "seed", "report_to"}  # declared above with the job's meaning
+
+
+def _is_secret_name(name: str) -> bool:
+    return bool(re.search(r"(token|secret|password|api_key)$", name))
+
+
+def _training_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, spec in dpo_config_fields().items():
+        if name in _FIXED_BY_JOB or spec.annotation is None:
+            continue
+        annotation = spec.annotation
+        if name in TRAINING_BOUNDS:
+            annotation = Annotated[annotation, TRAINING_BOUNDS[name]]
+        extra = {"secret": True} if _is_secret_name(name) else {}
+        extra["trainer"] = True
+        fields[name] = (annotation, Field(TRAINING_DEFAULTS.get(name, spec.default), description=spec.help,
+                                          json_schema_extra=extra))
+    return fields
+
+
+def _accepts(annotation: Any, kind: type) -> bool:
+    """Whether a field's type (or one member of its union) is `kind`, e.g. list for `list[str] | None`."""
+    if get_origin(annotation) is Annotated:
+        return _accepts(get_args(annotation)[0], kind)
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return any(member is kind or get_origin(member) is kind for member in members)
+
+
+def _decode_text(cls: type, value: Any, info: Any) -> Any:
+    """Env values are text: JSON for lists/dicts (`["sigmoid","sft"]`), or `a,b` for a list."""
+    if not isinstance(value, str):
+        return value
+    annotation = cls.model_fields[info.field_name].annotation
+    text = value.strip()
+    if text[:1] in "[{" and (_accepts(annotation, list) or _accepts(annotation, dict)):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg})") from None
+    if _accepts(annotation, list) and not _accepts(annotation, str):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if text == "" and type(None) in get_args(annotation):
+        return None
+    return value
+
+
+def _build_settings_class() -> type[JobSettings]:
+    unknown = (set(TRAINING_DEFAULTS) | set(TRAINING_BOUNDS)) - set(dpo_config_fields())
+    if unknown:  # TRL renamed or dropped a field this job sets
+        raise RuntimeError(f"not DPOConfig fields: {sorted(unknown)}")
+    return create_model("Settings", __base__=JobSettings, **_training_fields(),
+                        __validators__={"_decode_text": field_validator("*", mode="before")(_decode_text)})
+
+
+Settings = _build_settings_class()
+
+
+def setting_names() -> list[str]:
+    return list(Settings.model_fields)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def is_secret(field: str) -> bool:
+    extra = Settings.model_fields[field].json_schema_extra or {}
+    return bool(extra.get("secret"))
+
+
+def is_trainer_field(field: str) -> bool:
+    extra = Settings.model_fields[field].json_schema_extra or {}
+    return bool(extra.get("trainer"))
+
+
+def _check_unknown(environ: dict[str, str]) -> None:
+    valid = {env_name(name) for name in setting_names()}
+    for key in sorted(environ):
+        upper = key.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in valid:
+            close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else "; see `python -m entrypoint --help`"
+            raise ConfigError(f"{key}: unknown setting{hint}")
+
+
+def _describe(error: dict[str, Any], environ: dict[str, str]) -> str:
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    name = env_name(field)
+    given = environ.get(name)
+    shown = REDACTED if (given is not None and is_secret(field)) else given
+    message = error["msg"]
+    if error["type"] == "literal_error":
+        message = "must be one of " + error["ctx"]["expected"]
+    elif error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    prefix = f"{name}={shown!r}" if shown is not None else name
+    return f"{prefix}: {message[0].lower()}{message[1:]}"
+
+
+def load_settings() -> JobSettings:
+    """Read and validate every DPO_* variable; raise ConfigError naming the first bad one."""
+    environ = {key.upper(): value for key, value in os.environ.items()}
+    _check_unknown(environ)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], environ)) from None
+
+
+def trainer_overrides(settings: JobSettings) -> dict[str, Any]:
+    """DPOConfig keyword arguments the user or this job set (the rest keep TRL's defaults)."""
+    return {name: value for name, value in settings.model_dump().items()
+            if is_trainer_field(name) and (name in settings.model_fields_set or name in TRAINING_DEFAULTS)}
+
+
+def public_dict(settings: JobSettings) -> dict[str, Any]:
+    """The resolved settings as JSON-safe values, secrets redacted: for config.json and trackers."""
+    out: dict[str, Any] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if is_trainer_field(name) and name not in settings.model_fields_set and name not in TRAINING_DEFAULTS:
+            continue  # TRL's own default: recorded by the trainer, not repeated here
+        out[name] = REDACTED if (is_secret(name) and value is not None) else value
+    return out

@@ -1,0 +1,44 @@
+"""Shared fixtures. Everything is generated here at test time; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch):
+    """Tests start with no DPO_* setting and no credential from the developer's shell."""
+    for key in list(os.environ):
+        if key.upper().startswith(("DPO_", "WANDB_", "AWS_")) or key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the session: tiny models and samples are built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def job_env(cache: Path, output: Path, **settings: str) -> dict[str, str]:
+    """The environment of a container run: a clean base plus DPO_* settings, nothing else."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.upper().startswith(("DPO_", "WANDB_", "AWS_")) and key not in ("HF_TOKEN",)}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                "HF_HOME": str(cache / "hf"), "DPO_CACHE_DIR": str(cache), "DPO_OUTPUT_DIR": str(output)})
+    env.update({f"DPO_{key.upper()}": str(value) for key, value in settings.items()})
+    return env
+
+
+def run_job(env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m entrypoint` as the container runs it."""
+    return subprocess.run([sys.executable, "-m", "entrypoint", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,122 @@
+"""The job as the container runs it: `python -m entrypoint` with environment variables only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import job_env, run_job
+from entrypoint.outputs import sha256_file
+
+DEMO = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="6",
+            per_device_train_batch_size="4", gradient_accumulation_steps="1", learning_rate="5e-3",
+            logging_steps="2", eval_fraction="0.2", eval_generations="1", save_steps="3")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+    output = tmp_path_factory.mktemp("run")
+    result = run_job(job_env(cache_dir, output, **DEMO))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result
+
+
+def test_prints_where_the_adapter_is_and_the_key_metrics(finished_run):
+    output, result = finished_run
+    assert f"adapter:  {output / 'adapter'}" in result.stdout
+    assert "reward accuracy" in result.stdout and "steps 6" in result.stdout
+
+
+def test_output_contract(finished_run):
+    output, _ = finished_run
+    adapter = output / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "processor_config.json",
+                 "tokenizer.json"):
+        assert (adapter / name).is_file(), name
+    assert not (adapter / "training_args.bin").exists()  # pickled args would carry hub_token
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 6
+    for key in ("train_loss", "train_runtime", "train_samples_per_second"):
+        assert key in metrics["train"]
+    for key in ("loss", "rewards/accuracies", "rewards/margins", "runtime", "samples_per_second"):
+        assert key in metrics["eval_after"] and key in metrics["eval_before"]
+    assert len(metrics["samples"]) == 1 and {"base", "tuned"} <= set(metrics["samples"][0])
+    config = json.loads((output / "config.json").read_text())
+    assert config["model"] == "tiny:llava-next" and config["max_steps"] == 6
+    assert config["dpo_config"]["beta"] == 0.1 and config["dpo_config"]["use_cpu"] is True
+    report = json.loads((output / "data_report.json").read_text())
+    assert report["format"] == "rlaif-v" and report["train_pairs"] + report["eval_pairs"] == report["pairs"]
+    card = (adapter / "README.md").read_text()
+    assert "library_name: peft" in card and "base_model: tiny:llava-next" in card
+
+
+def test_manifest_is_last_and_its_hashes_match(finished_run):
+    output, _ = finished_run
+    manifest_path = output / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    on_disk = {p.relative_to(output).as_posix() for p in output.rglob("*")
+               if p.is_file() and p.name != "manifest.json" and "checkpoints" not in p.parts}
+    assert set(listed) == on_disk
+    for path, entry in listed.items():
+        assert entry["size"] == (output / path).stat().st_size
+        assert entry["sha256"] == sha256_file(output / path)
+        assert (output / path).stat().st_mtime_ns <= manifest_path.stat().st_mtime_ns
+
+
+def test_training_changed_only_the_language_model_lora_weights(finished_run):
+    from safetensors.torch import load_file
+
+    output, _ = finished_run
+    weights = load_file(output / "adapter" / "adapter_model.safetensors")
+    assert weights and not any("vision_tower" in k or "multi_modal_projector" in k for k in weights)
+    lora_b = [t for k, t in weights.items() if "lora_B" in k]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # PEFT initialises B to zero
+
+
+def test_saved_adapter_loads_and_changes_the_output(finished_run, cache_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+    from PIL import Image
+
+    output, _ = finished_run
+    base_dir = cache_dir / "tiny" / "llava-next"
+    processor = AutoProcessor.from_pretrained(output / "adapter")
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {
+        "type": "text", "text": "What color is the square?"}]}], add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=prompt, images=[Image.new("RGB", (48, 40), "red")], return_tensors="pt")
+    base = LlavaNextForConditionalGeneration.from_pretrained(base_dir)
+    with torch.no_grad():
+        before = base(**inputs).logits
+    tuned = PeftModel.from_pretrained(base, output / "adapter")
+    with torch.no_grad():
+        after = tuned(**inputs).logits
+    assert before.shape == after.shape
+    assert not torch.allclose(before, after)
+
+
+def test_dry_run_checks_and_writes_nothing(tmp_path, cache_dir):
+    output = tmp_path / "out"
+    result = run_job(job_env(cache_dir, output, **DEMO), "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dry run" in result.stderr and not output.exists()
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"lerning_rate": "1e-5"}, "DPO_LERNING_RATE: unknown setting; did you mean DPO_LEARNING_RATE?"),
+    ({"beta": "-0.1"}, "DPO_BETA='-0.1': input should be greater than 0"),
+    ({"model": "/no/such/model"}, "DPO_MODEL=/no/such/model: no such model directory"),
+    ({"dataset": "./no/such.parquet"}, "DPO_DATASET=./no/such.parquet: no such file or directory"),
+    ({"dataset": "sample:nope"}, "DPO_DATASET='sample:nope': unknown sample"),
+    ({"bf16": "true", "fp16": "true"}, "training settings:"),
+])
+def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path, cache_dir, settings, message):
+    result = run_job(job_env(cache_dir, tmp_path / "out", **{**DEMO, **settings}))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {errors[0][7:]}"] and message in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
