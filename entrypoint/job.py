@@ -40,7 +40,8 @@ def _slug(ref: str) -> str:
 def run_paths(settings: JobSettings) -> RunPaths:
     run_name = settings.run_name or f"{_slug(settings.model)}-{_slug(settings.dataset)}"[:96]
     output_dir = (settings.output_dir or Path("outputs") / run_name).expanduser().resolve()
-    return RunPaths(run_name, output_dir, output_dir / "checkpoints", settings.cache_dir.expanduser().resolve())
+    checkpoint_dir = (settings.checkpoint_dir or output_dir / "checkpoints").expanduser().resolve()
+    return RunPaths(run_name, output_dir, checkpoint_dir, settings.cache_dir.expanduser().resolve())
 
 
 def preflight(settings: JobSettings, paths: RunPaths) -> Any:

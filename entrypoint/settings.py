@@ -80,6 +80,24 @@ class JobSettings(BaseSettings):
     cache_dir: Path = Field(Path("~/.cache/dpo-job"), description=(
         "Downloads, generated samples and tiny models. On the cloud, a disk that survives restarts."))
     seed: int = Field(42, ge=0, description="Seed for data shuffling, the split and training.")
+    checkpoint_dir: Path | None = Field(None, description=(
+        "Checkpoints of this run (default <output dir>/checkpoints). On spot machines, a bucket mount: "
+        "a restarted job resumes from the newest complete checkpoint there."))
+    resume: Literal["auto", "never"] = Field("auto", description=(
+        "`auto`: resume from this run's checkpoints when they exist (refused if the settings that shape "
+        "training changed); `never`: start over."))
+    # --- publishing and tracking
+    s3_uri: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", description=(
+        "Upload the run directory to s3://bucket/prefix (manifest.json last, every object verified)."))
+    hub_repo: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$", description=(
+        "Push the adapter and its model card to this Hub model repo (org/name), using HF_TOKEN."))
+    hub_private: bool = Field(True, description="Create the Hub repo as private.")
+    overwrite: bool = Field(False, description=(
+        "Replace a different run already published under DPO_S3_URI (otherwise refused with exit 2)."))
+    distributed: Literal["ddp", "deepspeed-zero2", "fsdp"] = Field("ddp", description=(
+        "Multi-GPU strategy when several processes run: DDP, DeepSpeed ZeRO-2, or FSDP (QLoRA-compatible)."))
+    log_format: Literal["text", "json"] = Field("text", description=(
+        "Log lines as text, or one JSON object per line (for log collectors)."))
     report_to: Literal["none", "wandb"] = Field("none", description=(
         "Experiment tracking. `wandb` reads WANDB_API_KEY / WANDB_PROJECT / WANDB_MODE as usual."))
     eval_generations: int = Field(2, ge=0, description=(
