@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from entrypoint.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from entrypoint.errors import EXIT_CONFIG, EXIT_OK, EXIT_PREEMPTED, ConfigError, Preempted
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +30,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except Preempted as exc:
+        print(f"preempted: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
     if result is not None:
         print(result.summary())
     return EXIT_OK

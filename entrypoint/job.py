@@ -6,6 +6,7 @@ seconds, not GPU hours.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint import outputs
-from entrypoint.errors import ConfigError
+from entrypoint.errors import ConfigError, Preempted
 from entrypoint.settings import JobSettings, public_dict
+from entrypoint.state import RunState
 
 log = logging.getLogger("entrypoint")
 
@@ -84,48 +86,93 @@ class RunResult:
 
 
 def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
-    """The whole job; returns where the results are and the metrics written (None for a dry run)."""
+    """The whole job; returns where the results are and the metrics written (None for a dry run).
+
+    Restartable: stages recorded in `state.json` beside the checkpoints are not repeated, and
+    training resumes from the newest complete checkpoint.
+    """
     paths = run_paths(settings)
     log.info("run %s -> %s", paths.run_name, paths.output_dir)
 
     # ---- checks (no weights loaded)
     model_ref = preflight(settings, paths)
     args = training_args(settings, paths)
+    state = RunState.open(paths.checkpoint_dir, settings)
     log.info("model %s (%s), dataset %s", model_ref.source, model_ref.family.name, settings.dataset)
     if dry_run:
         log.info("dry run: settings, model and dataset are fine")
         return None
 
-    # ---- data
+    manifest = paths.output_dir / outputs.MANIFEST
+    if state.done("results") and manifest.is_file():
+        log.info("results already complete in %s", paths.output_dir)
+        metrics = json.loads((paths.output_dir / outputs.METRICS).read_text())
+    else:
+        manifest.unlink(missing_ok=True)  # whatever is there now is not a complete run
+        metrics = train_and_evaluate(settings, paths, model_ref, args, state)
+        state.mark("results")
+    return RunResult(paths, metrics)
+
+
+def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, processor: Any, vision: bool,
+                  max_length: int | None) -> Any:
+    """Pairs ready for the trainer: reused from the checkpoint dir when a previous attempt made them."""
     from entrypoint.data.budget import PromptLength
     from entrypoint.data.images import size_limit
-    from entrypoint.data.prepare import prepare
-    from entrypoint.models.loading import load_model, load_processor
+    from entrypoint.data.prepare import load_prepared, prepare, save_prepared
 
-    processor = load_processor(model_ref)
-    vision = model_ref.family.vision
+    if state.done("prepared") and state.prepared_dir.is_dir():
+        log.info("reusing prepared data from %s", state.prepared_dir)
+        return load_prepared(state.prepared_dir, state.get("prepared"))
     data = prepare(settings.dataset, settings.dataset_split, fmt_name=settings.dataset_format,
                    column_spec=settings.dataset_columns, seed=settings.seed, max_samples=settings.max_samples,
                    eval_fraction=settings.eval_fraction, max_eval_pairs=settings.max_eval_pairs,
                    limit=size_limit(processor.image_processor) if vision else None, cache_dir=paths.cache_dir,
-                   prompt_length=PromptLength(processor) if vision else None, max_length=args.max_length)
+                   prompt_length=PromptLength(processor) if vision else None, max_length=max_length)
     if "images" in data.train.column_names and not vision:
         raise ConfigError(f"DPO_DATASET={settings.dataset} has images but DPO_MODEL={settings.model} is text-only")
+    save_prepared(data, state.prepared_dir)
+    state.mark("prepared", data.report)
+    return data
+
+
+def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any,
+                       state: RunState) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from entrypoint import checkpoints
+    from entrypoint.card import write_model_card
+    from entrypoint.evaluate import reward_metrics, sample_generations
+    from entrypoint.models.loading import load_model, load_processor
+    from entrypoint.train import build_trainer
+
+    # ---- data (checked before the model is loaded: a data problem costs no GPU time)
+    processor = load_processor(model_ref)
+    data = prepared_data(settings, paths, state, processor, model_ref.family.vision, args.max_length)
     outputs.write_json(paths.output_dir / outputs.DATA_REPORT, data.report)
     log.info("data: %s", data.report)
 
     # ---- model and trainer
-    from entrypoint.evaluate import reward_metrics, sample_generations
-    from entrypoint.train import build_trainer
-
+    set_seed(settings.seed)
+    checkpoints.remove_incomplete(paths.checkpoint_dir)
+    resume_from = checkpoints.latest_complete(paths.checkpoint_dir)
+    callback = checkpoints.CheckpointCallback(paths.checkpoint_dir, settings.save_total_limit, resume_from)
     model = load_model(model_ref, settings.quantization)
-    trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args)
+    trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, [callback])
 
-    # ---- train and evaluate
+    # ---- train (resuming when a previous attempt left checkpoints) and evaluate
+    # Evaluated on every attempt, resumed ones too: an evaluation before training changes the
+    # numerics of the steps after it, so an exact resume must repeat it. At step 0 the policy is
+    # the reference, so the result is the same every time.
     before = reward_metrics(trainer)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - started
+    if callback.preempted:
+        raise Preempted(f"stopped at step {result.global_step} by SIGTERM; checkpoint saved in "
+                        f"{paths.checkpoint_dir}")
     after = reward_metrics(trainer)
     samples = sample_generations(trainer.model, processor, data.eval, settings.eval_generations) \
         if data.eval is not None else []
@@ -133,14 +180,13 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
     # ---- save: adapter, metrics, config, then the manifest last
     trainer.save_model(str(paths.adapter_dir))
     outputs.remove_unpublished(paths.adapter_dir)
-    metrics = {"train": {**result.metrics, "global_step": result.global_step, "wall_seconds": train_seconds},
+    metrics = {"train": {**result.metrics, "global_step": result.global_step, "wall_seconds": train_seconds,
+                         "resumed_from": resume_from.name if resume_from else None},
                "eval_before": before, "eval_after": after, "history": trainer.state.log_history,
                "samples": samples}
-    from entrypoint.card import write_model_card
-
     write_model_card(paths.adapter_dir, settings, model_ref, data.report, metrics)
     outputs.write_json(paths.output_dir / outputs.METRICS, metrics)
     outputs.write_json(paths.output_dir / outputs.CONFIG, {"run_name": paths.run_name, **public_dict(settings),
                                                           "dpo_config": args.to_dict()})
     outputs.write_manifest(paths.output_dir, paths.run_name, exclude=(paths.checkpoint_dir,))
-    return RunResult(paths, metrics)
+    return metrics

@@ -19,7 +19,8 @@ Preference-tune a (vision-)language model with DPO + QLoRA, configured by enviro
   --dry-run   validate the settings, the model and data references (and credentials), then exit
   --help      show this reference
 
-Exit codes: 0 done; 2 bad setting or input (found before any model is loaded); 1 a bug.
+Exit codes: 0 done; 2 bad setting or input (found before any model is loaded); 75 stopped by SIGTERM
+after saving a checkpoint (run again to resume); 1 a bug.
 """
 
 

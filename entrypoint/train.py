@@ -29,6 +29,7 @@ def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> An
     from entrypoint.models.loading import compute_dtype
 
     kwargs = trainer_overrides(settings)
+    kwargs.pop("save_total_limit", None)  # pruning is checkpoints.prune's: it knows complete from half-written
     dtype = compute_dtype()
     kwargs.setdefault("bf16", dtype == torch.bfloat16)
     kwargs.setdefault("fp16", dtype == torch.float16)
@@ -37,16 +38,37 @@ def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> An
                      report_to=[] if settings.report_to == "none" else [settings.report_to], **kwargs)
 
 
+def _trainer_class() -> type:
+    from trl import DPOTrainer
+
+    class ResumableDPOTrainer(DPOTrainer):
+        """DPOTrainer whose resume restores the adapter exactly as it was trained.
+
+        For QLoRA, TRL keeps the LoRA weights in bf16, but on resume transformers reloads them
+        with PEFT's `load_adapter`, which upcasts them to fp32: training would go on in another
+        precision and drift from an uninterrupted run. Each trainable weight gets its dtype back.
+        """
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            target = model if model is not None else self.model
+            dtypes = {name: p.dtype for name, p in target.named_parameters() if p.requires_grad}
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            for name, param in target.named_parameters():
+                if name in dtypes and param.dtype != dtypes[name]:
+                    param.data = param.data.to(dtypes[name])
+
+    return ResumableDPOTrainer
+
+
 def build_trainer(settings: JobSettings, model: Any, family: Family, processor: Any, train_dataset: Any,
                   eval_dataset: Any, args: Any, callbacks: list[Any] | None = None) -> Any:
     from peft import prepare_model_for_kbit_training
-    from trl import DPOTrainer
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         # Norms and the unquantized modules to fp32, input grads on for checkpointing: the QLoRA recipe.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=args.gradient_checkpointing,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False})
-    return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
+    return _trainer_class()(model=model, ref_model=None, args=args, train_dataset=train_dataset,
                       eval_dataset=eval_dataset, processing_class=processor,
                       peft_config=lora_config(settings, family), callbacks=callbacks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,3 +97,24 @@ def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int,
         "train_pairs": len(train), "eval_pairs": len(evaluation) if evaluation is not None else 0,
     }
     return PreparedData(train, evaluation, report)
+
+
+def save_prepared(data: PreparedData, directory: Path) -> None:
+    """Write the pairs next to the checkpoints (atomically), so a restarted job skips preparation."""
+    import datasets
+
+    splits = {"train": data.train, **({"eval": data.eval} if data.eval is not None else {})}
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    datasets.DatasetDict(splits).save_to_disk(str(tmp))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+
+
+def load_prepared(directory: Path, report: dict[str, Any]) -> PreparedData:
+    import datasets
+
+    splits = datasets.load_from_disk(str(directory))
+    return PreparedData(splits["train"], splits["eval"] if "eval" in splits else None, report)

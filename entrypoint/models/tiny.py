@@ -1,17 +1,20 @@
 """Tiny, randomly initialised models of each supported family, built offline.
 
 Real checkpoints are gigabytes and live on the Hub; tests and smoke runs need neither. These
-models are built from the installed libraries alone in a few seconds, weigh well under a
-megabyte, and have the real families' classes, module names, processors and chat-template
+models are built from the installed libraries alone in a few seconds, weigh about a
+megabyte each, and have the real families' classes, module names, processors and chat-template
 shape, so the training code runs on them unchanged (4-bit loading and LoRA included).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +33,22 @@ PATCH_SIZE = 8
 
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
 IMAGE_TOKEN = "<image>"
-IDEFICS2_TOKENS = ("<fake_token_around_image>", "<end_of_utterance>")
 
 # Role-prefixed turns, eos after each assistant turn. A prompt rendered with
-# add_generation_prompt=True is a prefix of the same prompt followed by an assistant turn,
-# which is what DPO needs to split prompt from completion.
+# add_generation_prompt=True is a prefix of the same prompt followed by an assistant turn, and
+# it ends in a newline, which byte-level BPE never merges with the next word: DPO needs both
+# to split prompt from completion at the same token.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}: "
+    "{{ message['role'] | capitalize }}:{{ '\\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant: {% endif %}"
+    "{% if add_generation_prompt %}Assistant:{{ '\\n' }}{% endif %}"
 )
 
 # Plain English in the register of image-preference data, so that the BPE merges are real
@@ -89,45 +92,65 @@ The living room has a grey sofa, a patterned rug, a television and several plant
 def build_tiny(family: str, out_dir: Path, seed: int = 0) -> Path:
     """Build the tiny `family` model into `out_dir` (or reuse a finished build there) and return it.
 
-    The build happens in a sibling temporary directory that is renamed into place once complete,
-    so concurrent callers (one per DDP rank) and interrupted builds never leave a half-written model.
+    Every DDP rank may call this at once: one builds while the others wait on a lock, then find
+    the marker. The build is renamed into place whole, so an interrupted one leaves nothing behind.
     """
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
     out_dir = Path(out_dir)
-    marker = {"family": family, "seed": seed, "builder_version": BUILDER_VERSION}
+    marker = {"family": family, "seed": seed, "builder_version": BUILDER_VERSION,
+              "transformers": version("transformers")}  # saved formats change between releases
     if _read_marker(out_dir) == marker:
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
-        _BUILDERS[family](staging, seed)
-        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        _publish(staging, out_dir, marker)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _lock(out_dir.parent / f".{out_dir.name}.lock"):
+        if _read_marker(out_dir) != marker:
+            _build(family, seed, marker, out_dir)
     return out_dir
 
 
 def _read_marker(out_dir: Path) -> dict[str, Any] | None:
+    """The marker of a finished build, or None (no build, or one cut short)."""
     try:
         return json.loads((out_dir / MARKER).read_text())
     except (OSError, ValueError):
         return None
 
 
-def _publish(staging: Path, out_dir: Path, marker: dict[str, Any]) -> None:
-    """Move a finished build into place, replacing only an older tiny build, never other files."""
-    if out_dir.exists() and _read_marker(out_dir) not in (None, marker):
-        shutil.rmtree(out_dir)  # a tiny build of another version, family or seed
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes, released even if the holder dies."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(family: str, seed: int, marker: dict[str, Any], out_dir: Path) -> None:
+    """Build in a sibling work directory, marker last, then swap the result in for `out_dir`."""
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    new = work / "new"
     try:
-        staging.rename(out_dir)  # atomic; fails if out_dir exists and is not empty
+        _BUILDERS[family](new, seed)
+        (new / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        _replace(out_dir, new, old=work / "old")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _replace(out_dir: Path, new: Path, old: Path) -> None:
+    """Put `new` at `out_dir`, replacing an empty directory or an earlier tiny build, nothing else."""
+    if _read_marker(out_dir) is not None:
+        out_dir.rename(old)
+    try:
+        new.rename(out_dir)  # atomic; refuses a non-empty directory
     except OSError:
-        if _read_marker(out_dir) != marker:  # someone else's finished build is fine
-            raise FileExistsError(f"{out_dir} exists and is not a tiny {marker['family']} build") from None
+        raise FileExistsError(f"{out_dir} holds other files; a tiny model needs a directory of its own") from None
 
 
-def _tokenizer(extra_tokens: tuple[str, ...] = (), **named_tokens: str) -> Any:
+def _tokenizer(**named_tokens: str) -> Any:
     """A byte-level BPE trained on CORPUS, with the special tokens the family's processor expects.
 
     Every special token is in the trained vocabulary, so processors that add their tokens at
@@ -136,7 +159,7 @@ def _tokenizer(extra_tokens: tuple[str, ...] = (), **named_tokens: str) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [BOS, EOS, UNK, PAD, IMAGE_TOKEN, *extra_tokens]
+    specials = [BOS, EOS, UNK, PAD, *named_tokens.values()]
     bpe = Tokenizer(models.BPE(unk_token=UNK))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -145,7 +168,7 @@ def _tokenizer(extra_tokens: tuple[str, ...] = (), **named_tokens: str) -> Any:
     bpe.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
-        extra_special_tokens={"image_token": IMAGE_TOKEN, **named_tokens}, chat_template=CHAT_TEMPLATE)
+        extra_special_tokens=named_tokens, chat_template=CHAT_TEMPLATE)
 
 
 def _text_config(tokenizer: Any) -> Any:
@@ -162,7 +185,14 @@ def _clip_vision_config() -> Any:
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(hidden_size=VISION_WIDTH, intermediate_size=2 * VISION_WIDTH, num_hidden_layers=2,
-                            num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=VISION_WIDTH)
+                            num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+                            projection_dim=VISION_WIDTH)
+
+
+def _llava_processor_settings() -> dict[str, Any]:
+    """CLIP puts a CLS token before the patches; the "default" strategy drops it from the image tokens."""
+    return {"patch_size": PATCH_SIZE, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1,
+            "chat_template": CHAT_TEMPLATE}
 
 
 def _save_model(model_class: Any, config: Any, out_dir: Path, seed: int) -> None:
@@ -179,15 +209,13 @@ def _build_llava_next(out_dir: Path, seed: int) -> None:
     from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
                               LlavaNextProcessor)
 
-    tokenizer = _tokenizer()
+    tokenizer = _tokenizer(image_token=IMAGE_TOKEN)
     pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE],
                  [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_grid_pinpoints=pinpoints)
-    processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, **_llava_processor_settings())
     config = LlavaNextConfig(
         vision_config=_clip_vision_config(), text_config=_text_config(tokenizer),
         image_token_index=tokenizer.image_token_id, image_grid_pinpoints=pinpoints,
@@ -199,12 +227,10 @@ def _build_llava_next(out_dir: Path, seed: int) -> None:
 def _build_llava(out_dir: Path, seed: int) -> None:
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    tokenizer = _tokenizer()
+    tokenizer = _tokenizer(image_token=IMAGE_TOKEN)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, **_llava_processor_settings())
     config = LlavaConfig(
         vision_config=_clip_vision_config(), text_config=_text_config(tokenizer),
         image_token_index=tokenizer.image_token_id, vision_feature_select_strategy="default",
@@ -217,8 +243,8 @@ def _build_idefics2(out_dir: Path, seed: int) -> None:
     from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessorPil,
                               Idefics2Processor)
 
-    boundary, end_of_utterance = IDEFICS2_TOKENS
-    tokenizer = _tokenizer(IDEFICS2_TOKENS, image_boundary_token=boundary, end_of_utterance_token=end_of_utterance)
+    tokenizer = _tokenizer(image_token=IMAGE_TOKEN, image_boundary_token="<fake_token_around_image>",
+                           end_of_utterance_token="<end_of_utterance>")
     image_processor = Idefics2ImageProcessorPil(
         do_image_splitting=False, size={"shortest_edge": IMAGE_SIZE // 2, "longest_edge": IMAGE_SIZE})
     latents = 8  # image tokens per image: the perceiver resamples every image to this many

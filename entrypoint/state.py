@@ -1,0 +1,77 @@
+"""`state.json` beside the checkpoints: which stages of this run are done, and with what settings.
+
+A restarted job reads it to skip what is done (prepared data, finished training, publishing) and
+to refuse resuming checkpoints that were made with settings that shape training differently.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from entrypoint.errors import ConfigError
+from entrypoint.outputs import write_json
+from entrypoint.settings import JobSettings, env_name, public_dict
+
+STATE = "state.json"
+PREPARED = "prepared"
+# Settings that change where results go or how they are reported, not what is trained.
+_NOT_TRAINING = {
+    "output_dir", "checkpoint_dir", "cache_dir", "run_name", "resume", "s3_uri", "hub_repo", "hub_private",
+    "overwrite", "distributed", "log_format", "report_to", "eval_generations", "logging_steps",
+    "logging_strategy", "logging_first_step", "logging_dir", "logging_nan_inf_filter", "save_steps",
+    "save_strategy", "save_total_limit", "save_only_model", "disable_tqdm", "dataloader_num_workers",
+    "dataloader_prefetch_factor", "dataloader_persistent_workers", "dataloader_pin_memory", "push_to_hub",
+    "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
+    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "eval_delay", "run_name", "project",
+    "trackio_space_id", "log_level", "log_level_replica", "log_on_each_node", "resume_from_checkpoint",
+}
+
+
+def training_settings(settings: JobSettings) -> dict[str, Any]:
+    """The settings a checkpoint depends on (secrets are redacted, so they never land in state.json)."""
+    return {k: v for k, v in public_dict(settings).items() if k not in _NOT_TRAINING}
+
+
+class RunState:
+    """Stages done so far, persisted atomically in `<checkpoint dir>/state.json`."""
+
+    def __init__(self, root: Path, data: dict[str, Any]):
+        self.root, self.data = root, data
+
+    @classmethod
+    def open(cls, root: Path, settings: JobSettings) -> RunState:
+        """Load this run's state, or start one; DPO_RESUME=never wipes what a previous run left."""
+        current = training_settings(settings)
+        path = root / STATE
+        if settings.resume == "never" and root.exists():
+            shutil.rmtree(root)
+        if not path.is_file():
+            return cls(root, {"settings": current, "stages": {}})
+        data = json.loads(path.read_text())
+        changed = sorted(k for k in set(current) | set(data["settings"])
+                         if current.get(k) != data["settings"].get(k))
+        if changed:
+            first = changed[0]
+            raise ConfigError(
+                f"{root} holds checkpoints of this run made with other settings ({env_name(first)}: "
+                f"{data['settings'].get(first)!r} -> {current.get(first)!r}"
+                f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); set DPO_RESUME=never to "
+                "start over, or use another DPO_RUN_NAME / DPO_CHECKPOINT_DIR")
+        return cls(root, data)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["stages"]
+
+    def get(self, stage: str) -> Any:
+        return self.data["stages"].get(stage)
+
+    def mark(self, stage: str, info: Any = True) -> None:
+        self.data["stages"][stage] = info
+        write_json(self.root / STATE, self.data)
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / PREPARED

@@ -1,0 +1,46 @@
+"""The project's own promises: the README is current, the test env runs the locked versions."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from entrypoint import reference
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "wandb",
+                "huggingface-hub", "boto3", "pillow", "pydantic-settings")
+
+
+def locked_versions(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", path.read_text(), flags=re.M))
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    commands = re.findall(r"^(make \w+)", (ROOT / "README.md").read_text(), flags=re.M)
+    assert commands[:2] == ["make demo", "make test"]
+
+
+def test_readme_settings_table_is_generated_from_the_declaration():
+    text = (ROOT / "README.md").read_text()
+    block = text.split(reference.START, 1)[1].split(reference.END, 1)[0]
+    assert block == "\n" + reference.markdown(), "README is stale: run `make docs`"
+
+
+@pytest.mark.parametrize("package", KEY_PACKAGES)
+def test_installed_versions_are_the_locked_ones(package):
+    locked = locked_versions(ROOT / "requirements.lock")
+    installed = version(package).split("+")[0]  # the CPU torch build is 2.13.0+cpu
+    assert installed == locked[package]
+
+
+def test_requirements_in_pins_are_what_the_lock_resolved():
+    pinned = locked_versions(ROOT / "requirements.in")
+    locked = locked_versions(ROOT / "requirements.lock")
+    assert pinned and all(locked[name] == ver for name, ver in pinned.items())
+    hashed = re.findall(r"^[a-z0-9][^\n]*==[^\n]*\\\n\s+--hash=sha256:", (ROOT / "requirements.lock").read_text(),
+                        flags=re.M)
+    assert len(hashed) == len(locked)  # every pin carries its hashes

@@ -1,0 +1,138 @@
+"""Spot-proofing: exact resume after kill -9, SIGTERM, half-written checkpoints, changed settings."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, job_env, run_job
+from entrypoint import checkpoints
+from entrypoint.errors import EXIT_PREEMPTED
+from entrypoint.outputs import sha256_file
+
+RUN = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="12",
+           per_device_train_batch_size="4", gradient_accumulation_steps="1", learning_rate="5e-3",
+           logging_steps="2", eval_fraction="0.2", eval_generations="0", save_steps="3", save_total_limit="2")
+
+
+def start_job(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "entrypoint"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.05)
+
+
+def adapter_sha(output: Path) -> str:
+    return sha256_file(output / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir) -> Path:
+    output = tmp_path_factory.mktemp("uninterrupted")
+    result = run_job(job_env(cache_dir, output, **RUN))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_kill_9_at_a_random_step_then_restart_gives_a_bit_identical_adapter(tmp_path, cache_dir, uninterrupted):
+    output = tmp_path / "killed"
+    env = job_env(cache_dir, output, **RUN)
+    process = start_job(env)
+    step = random.choice((3, 6))
+    wait_for(output / "checkpoints" / f"checkpoint-{step}" / checkpoints.MARKER, process)
+    time.sleep(random.uniform(0, 0.2))  # a step or two later, possibly mid-save
+    assert process.poll() is None, "finished before it could be killed"
+    process.kill()
+    process.wait()
+
+    restarted = run_job(env)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "resuming from" in restarted.stderr and "reusing prepared data" in restarted.stderr
+    assert adapter_sha(output) == adapter_sha(uninterrupted)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 12 and metrics["train"]["resumed_from"]
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_with_the_recovery_code(tmp_path, cache_dir, uninterrupted):
+    output = tmp_path / "preempted"
+    env = job_env(cache_dir, output, **RUN)
+    process = start_job(env)
+    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.MARKER, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    saved = checkpoints.latest_complete(output / "checkpoints")
+    assert saved is not None and f"stopped at step {saved.name.split('-')[1]} by SIGTERM" in stderr
+    assert not (output / "manifest.json").exists()
+
+    restarted = run_job(env)
+    assert restarted.returncode == 0 and f"resuming from {saved}" in restarted.stderr
+    assert adapter_sha(output) == adapter_sha(uninterrupted)
+
+
+def test_a_finished_run_restarted_does_no_training_again(cache_dir, uninterrupted):
+    before = (uninterrupted / "manifest.json").read_text()
+    again = run_job(job_env(cache_dir, uninterrupted, **RUN))
+    assert again.returncode == 0 and "results already complete" in again.stderr
+    assert (uninterrupted / "manifest.json").read_text() == before
+
+
+def test_changed_training_settings_are_refused_unless_resume_never(tmp_path, cache_dir, uninterrupted):
+    changed = job_env(cache_dir, uninterrupted, **{**RUN, "learning_rate": "1e-3"})
+    refused = run_job(changed)
+    assert refused.returncode == 2
+    assert "DPO_LEARNING_RATE: 0.005 -> 0.001" in refused.stderr and "DPO_RESUME=never" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    allowed = run_job(job_env(cache_dir, uninterrupted, **{**RUN, "logging_steps": "3"}))  # reporting only
+    assert allowed.returncode == 0
+
+    output = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(uninterrupted, output)
+    fresh = run_job(job_env(cache_dir, output, **{**RUN, "learning_rate": "1e-3", "resume": "never"}))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "resuming from" not in fresh.stderr
+    assert adapter_sha(output) != adapter_sha(uninterrupted)
+
+
+def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "optimizer.pt").write_bytes(b"x" * 100)
+    (path / "trainer_state.json").write_text("{}")
+    if complete:
+        checkpoints.mark_complete(path)
+    return path
+
+
+def test_a_checkpoint_cut_off_mid_write_is_skipped_for_the_previous_one(tmp_path):
+    good = _fake_checkpoint(tmp_path, 5)
+    truncated = _fake_checkpoint(tmp_path, 10)
+    (truncated / "optimizer.pt").write_bytes(b"x" * 10)  # the marker says 100 bytes
+    _fake_checkpoint(tmp_path, 15, complete=False)  # killed before the marker
+    assert checkpoints.latest_complete(tmp_path) == good
+    checkpoints.remove_incomplete(tmp_path)
+    assert checkpoints.checkpoint_dirs(tmp_path) == [good]
+
+
+def test_pruning_keeps_the_newest_and_never_the_resume_source(tmp_path):
+    dirs = [_fake_checkpoint(tmp_path, step) for step in (3, 6, 9, 12)]
+    checkpoints.prune(tmp_path, keep=2, protected=dirs[0])
+    assert checkpoints.checkpoint_dirs(tmp_path) == [dirs[0], dirs[2], dirs[3]]
+    checkpoints.prune(tmp_path, keep=None, protected=None)  # no limit: nothing deleted
+    assert len(checkpoints.checkpoint_dirs(tmp_path)) == 3
