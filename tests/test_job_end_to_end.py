@@ -120,3 +120,20 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path, cache_dir, 
     assert errors == [f"error: {errors[0][7:]}"] and message in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("model", "dataset", "fmt"), [
+    ("tiny:llava", "sample:vqa-rad", "vqa-rad"),  # medical imaging: pairs built from answers
+    ("tiny:idefics2", "sample:rlaif-v", "rlaif-v"),
+    ("tiny:causal-lm", "sample:text", "preference"),  # text-only preference tuning
+])
+def test_every_family_and_scenario_trains_and_publishes_the_contract(tmp_path, cache_dir, model, dataset, fmt):
+    from safetensors.torch import load_file
+
+    output = tmp_path / "run"
+    result = run_job(job_env(cache_dir, output, **{**DEMO, "model": model, "dataset": dataset, "max_steps": "3"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((output / "data_report.json").read_text())["format"] == fmt
+    assert (output / "manifest.json").is_file()
+    weights = load_file(output / "adapter" / "adapter_model.safetensors")
+    assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)
