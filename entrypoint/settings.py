@@ -61,9 +61,11 @@ class JobSettings(BaseSettings):
     dataset_columns: str = Field("", description=(
         "Column mapping for the `preference` format, e.g. `prompt=question,chosen=good,rejected=bad,image=img`."))
     dataset_split: str = Field("train", description="Dataset split to read.")
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many rows (after shuffling with the seed).")
+    max_samples: int | None = Field(None, gt=0, description=(
+        "Use at most this many rows (after shuffling with the seed)."))
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Fraction of pairs held out for evaluation.")
-    max_eval_pairs: int = Field(256, gt=0, description="At most this many eval pairs (evaluation runs before and after).")
+    max_eval_pairs: int = Field(256, gt=0, description=(
+        "At most this many eval pairs (evaluation runs before and after)."))
     # --- LoRA
     lora_r: int = Field(16, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")

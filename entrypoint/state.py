@@ -25,7 +25,7 @@ _NOT_TRAINING = {
     "save_strategy", "save_total_limit", "save_only_model", "disable_tqdm", "dataloader_num_workers",
     "dataloader_prefetch_factor", "dataloader_persistent_workers", "dataloader_pin_memory", "push_to_hub",
     "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
-    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "eval_delay", "run_name", "project",
+    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "eval_delay", "project",
     "trackio_space_id", "log_level", "log_level_replica", "log_on_each_node", "resume_from_checkpoint",
 }
 

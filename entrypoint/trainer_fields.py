@@ -85,7 +85,7 @@ def _field(stmt: ast.AnnAssign) -> TrainerField:
     help_text = ""
     metadata = _keyword(value, "metadata")
     if isinstance(metadata, ast.Dict):
-        for key, val in zip(metadata.keys, metadata.values):
+        for key, val in zip(metadata.keys, metadata.values, strict=True):
             if isinstance(key, ast.Constant) and key.value == "help" and isinstance(val, ast.Constant):
                 help_text = str(val.value)
     try:

@@ -33,7 +33,7 @@ def test_vqa_rad_builds_rejected_answers_independent_of_row_order():
     forward = vqa_context(questions, answers)
     backward = vqa_context(questions[::-1], answers[::-1])
     assert forward == backward
-    rows = [{"image": image(), "question": q, "answer": a} for q, a in zip(questions, answers)]
+    rows = [{"image": image(), "question": q, "answer": a} for q, a in zip(questions, answers, strict=True)]
     pairs = [fmt.to_pair(row, forward) for row in rows]
     assert message_text(pairs[0]["rejected"]) == "No"  # closed: the opposite, same capitalisation
     assert message_text(pairs[1]["rejected"]) == "brain"  # open: another answer to the same question

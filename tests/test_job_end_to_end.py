@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-
 from conftest import job_env, run_job
+
 from entrypoint.outputs import sha256_file
 
 DEMO = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="6",
@@ -79,8 +78,8 @@ def test_training_changed_only_the_language_model_lora_weights(finished_run):
 def test_saved_adapter_loads_and_changes_the_output(finished_run, cache_dir):
     import torch
     from peft import PeftModel
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
     from PIL import Image
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
     output, _ = finished_run
     base_dir = cache_dir / "tiny" / "llava-next"

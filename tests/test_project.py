@@ -16,11 +16,11 @@ KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate"
 
 
 def locked_versions(path: Path) -> dict[str, str]:
-    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", path.read_text(), flags=re.M))
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", path.read_text(), flags=re.MULTILINE))
 
 
 def test_readme_opens_with_the_two_setup_commands():
-    commands = re.findall(r"^(make \w+)", (ROOT / "README.md").read_text(), flags=re.M)
+    commands = re.findall(r"^(make \w+)", (ROOT / "README.md").read_text(), flags=re.MULTILINE)
     assert commands[:2] == ["make demo", "make test"]
 
 
@@ -42,5 +42,15 @@ def test_requirements_in_pins_are_what_the_lock_resolved():
     locked = locked_versions(ROOT / "requirements.lock")
     assert pinned and all(locked[name] == ver for name, ver in pinned.items())
     hashed = re.findall(r"^[a-z0-9][^\n]*==[^\n]*\\\n\s+--hash=sha256:", (ROOT / "requirements.lock").read_text(),
-                        flags=re.M)
+                        flags=re.MULTILINE)
     assert len(hashed) == len(locked)  # every pin carries its hashes
+
+
+def test_code_passes_ruff():
+    import subprocess
+    import sys
+
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run([str(ruff), "check", "entrypoint", "tests", "bench"], cwd=ROOT, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -90,7 +90,7 @@ def test_text_pairs_are_learnable(loaded):
     for row in rows:  # every chosen sum is right; the rejected one is wrong (or rude)
         if row["chosen"].startswith("Sure! "):
             expression, value = row["chosen"][len("Sure! "):-1].split(" = ")
-            assert eval(expression) == int(value)  # noqa: S307 - our own "a op b"
+            assert eval(expression) == int(value)
             assert row["rejected"] != row["chosen"][len("Sure! "):]
 
 

@@ -81,7 +81,7 @@ def _question_key(question: str) -> str:
 def vqa_context(questions: list[str], answers: list[str]) -> FormatContext:
     """The open answers of the whole dataset, sorted so that row order cannot matter."""
     pool: dict[str, set[str]] = {}
-    for question, answer in zip(questions, answers):
+    for question, answer in zip(questions, answers, strict=True):
         answer = str(answer).strip()
         if answer and answer.lower() not in _YES_NO:
             pool.setdefault(_question_key(question), set()).add(answer)

@@ -38,7 +38,8 @@ MIN_SIDE, MAX_SIDE = 24, 96
 
 def _features(name: str):
     """The schemas of the real datasets (from their dataset cards); `text` is TRL's standard format."""
-    from datasets import Features, Image as ImageFeature, Value
+    from datasets import Features, Value
+    from datasets import Image as ImageFeature
 
     string = Value("string")
     columns = {
@@ -201,7 +202,10 @@ def _vqa_rad_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
     organ = rng.choice(_ORGANS)
     lesion = rng.choice((None, "left", "right"))
     image = _scan(organ, lesion, _size(rng), np.random.default_rng(rng.getrandbits(64)))
-    yes_no = lambda flag: "yes" if flag else "no"  # noqa: E731
+
+    def yes_no(flag: object) -> str:
+        return "yes" if flag else "no"
+
     if i % 2 == 0:  # closed, like about half of the real set
         asked = rng.choice(_ORGANS)
         question, answer = rng.choice((

@@ -206,8 +206,12 @@ def _save_model(model_class: Any, config: Any, out_dir: Path, seed: int) -> None
 
 
 def _build_llava_next(out_dir: Path, seed: int) -> None:
-    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
-                              LlavaNextProcessor)
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
 
     tokenizer = _tokenizer(image_token=IMAGE_TOKEN)
     pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE],
@@ -240,8 +244,12 @@ def _build_llava(out_dir: Path, seed: int) -> None:
 
 
 def _build_idefics2(out_dir: Path, seed: int) -> None:
-    from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessorPil,
-                              Idefics2Processor)
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessorPil,
+        Idefics2Processor,
+    )
 
     tokenizer = _tokenizer(image_token=IMAGE_TOKEN, image_boundary_token="<fake_token_around_image>",
                            end_of_utterance_token="<end_of_utterance>")
