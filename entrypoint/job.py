@@ -97,7 +97,9 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
     # ---- checks (no weights loaded)
     model_ref = preflight(settings, paths)
     args = training_args(settings, paths)
-    state = RunState.open(paths.checkpoint_dir, settings)
+    ranks = _ranks()
+    with ranks.main_process_first():  # rank 0 may wipe old state (DPO_RESUME=never) before others read it
+        state = RunState.open(paths.checkpoint_dir, settings, writer=ranks.is_main_process)
     log.info("model %s (%s), dataset %s", model_ref.source, model_ref.family.name, settings.dataset)
     if dry_run:
         log.info("dry run: settings, model and dataset are fine")
@@ -108,10 +110,19 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
         log.info("results already complete in %s", paths.output_dir)
         metrics = json.loads((paths.output_dir / outputs.METRICS).read_text())
     else:
-        manifest.unlink(missing_ok=True)  # whatever is there now is not a complete run
-        metrics = train_and_evaluate(settings, paths, model_ref, args, state)
+        if ranks.is_main_process:
+            manifest.unlink(missing_ok=True)  # whatever is there now is not a complete run
+        metrics = train_and_evaluate(settings, paths, model_ref, args, state, ranks)
         state.mark("results")
-    return RunResult(paths, metrics)
+    return RunResult(paths, metrics) if ranks.is_main_process else None
+
+
+def _ranks() -> Any:
+    """This process's place among the ranks (one process: rank 0 of 1). Only rank 0 writes results,
+    uploads and reports; the others train and evaluate with it."""
+    from accelerate import PartialState
+
+    return PartialState()
 
 
 def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, processor: Any, vision: bool,
@@ -121,6 +132,7 @@ def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, proce
     from entrypoint.data.images import size_limit
     from entrypoint.data.prepare import load_prepared, prepare, save_prepared
 
+    state.reload()
     if state.done("prepared") and state.prepared_dir.is_dir():
         log.info("reusing prepared data from %s", state.prepared_dir)
         return load_prepared(state.prepared_dir, state.get("prepared"))
@@ -131,13 +143,14 @@ def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, proce
                    prompt_length=PromptLength(processor) if vision else None, max_length=max_length)
     if "images" in data.train.column_names and not vision:
         raise ConfigError(f"DPO_DATASET={settings.dataset} has images but DPO_MODEL={settings.model} is text-only")
-    save_prepared(data, state.prepared_dir)
+    if state.writer:
+        save_prepared(data, state.prepared_dir)
     state.mark("prepared", data.report)
     return data
 
 
-def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any,
-                       state: RunState) -> dict[str, Any]:
+def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, state: RunState,
+                       ranks: Any) -> dict[str, Any]:
     from transformers import set_seed
 
     from entrypoint import checkpoints
@@ -148,14 +161,16 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
 
     # ---- data (checked before the model is loaded: a data problem costs no GPU time)
     processor = load_processor(model_ref)
-    data = prepared_data(settings, paths, state, processor, model_ref.family.vision, args.max_length)
-    outputs.write_json(paths.output_dir / outputs.DATA_REPORT, data.report)
+    with ranks.main_process_first():  # rank 0 prepares and saves; the others then load what it saved
+        data = prepared_data(settings, paths, state, processor, model_ref.family.vision, args.max_length)
     log.info("data: %s", data.report)
 
     # ---- model and trainer
     set_seed(settings.seed)
-    checkpoints.remove_incomplete(paths.checkpoint_dir)
-    resume_from = checkpoints.latest_complete(paths.checkpoint_dir)
+    with ranks.main_process_first():
+        if ranks.is_main_process:
+            checkpoints.remove_incomplete(paths.checkpoint_dir)
+        resume_from = checkpoints.latest_complete(paths.checkpoint_dir)
     callback = checkpoints.CheckpointCallback(paths.checkpoint_dir, settings.save_total_limit, resume_from)
     model = load_model(model_ref, settings.quantization)
     trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, [callback])
@@ -174,12 +189,15 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
         raise Preempted(f"stopped at step {result.global_step} by SIGTERM; checkpoint saved in "
                         f"{paths.checkpoint_dir}")
     after = reward_metrics(trainer)
+    trainer.save_model(str(paths.adapter_dir))  # every rank: sharded strategies gather the weights
+    if not ranks.is_main_process:
+        return {}
     samples = sample_generations(trainer.model, processor, data.eval, settings.eval_generations) \
         if data.eval is not None else []
 
-    # ---- save: adapter, metrics, config, then the manifest last
-    trainer.save_model(str(paths.adapter_dir))
+    # ---- save (rank 0): adapter, data report, metrics, config, then the manifest last
     outputs.remove_unpublished(paths.adapter_dir)
+    outputs.write_json(paths.output_dir / outputs.DATA_REPORT, data.report)
     metrics = {"train": {**result.metrics, "global_step": result.global_step, "wall_seconds": train_seconds,
                          "resumed_from": resume_from.name if resume_from else None},
                "eval_before": before, "eval_after": after, "history": trainer.state.log_history,

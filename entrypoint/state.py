@@ -38,18 +38,21 @@ def training_settings(settings: JobSettings) -> dict[str, Any]:
 class RunState:
     """Stages done so far, persisted atomically in `<checkpoint dir>/state.json`."""
 
-    def __init__(self, root: Path, data: dict[str, Any]):
-        self.root, self.data = root, data
+    def __init__(self, root: Path, data: dict[str, Any], writer: bool):
+        self.root, self.data, self.writer = root, data, writer
 
     @classmethod
-    def open(cls, root: Path, settings: JobSettings) -> RunState:
-        """Load this run's state, or start one; DPO_RESUME=never wipes what a previous run left."""
+    def open(cls, root: Path, settings: JobSettings, writer: bool = True) -> RunState:
+        """Load this run's state, or start one; DPO_RESUME=never wipes what a previous run left.
+
+        Only the `writer` (rank 0) changes anything on disk; other ranks read.
+        """
         current = training_settings(settings)
         path = root / STATE
-        if settings.resume == "never" and root.exists():
+        if settings.resume == "never" and root.exists() and writer:
             shutil.rmtree(root)
         if not path.is_file():
-            return cls(root, {"settings": current, "stages": {}})
+            return cls(root, {"settings": current, "stages": {}}, writer)
         data = json.loads(path.read_text())
         changed = sorted(k for k in set(current) | set(data["settings"])
                          if current.get(k) != data["settings"].get(k))
@@ -60,7 +63,12 @@ class RunState:
                 f"{data['settings'].get(first)!r} -> {current.get(first)!r}"
                 f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); set DPO_RESUME=never to "
                 "start over, or use another DPO_RUN_NAME / DPO_CHECKPOINT_DIR")
-        return cls(root, data)
+        return cls(root, data, writer)
+
+    def reload(self) -> None:
+        """Pick up what the writer recorded since (other ranks, after a barrier)."""
+        if (self.root / STATE).is_file():
+            self.data = json.loads((self.root / STATE).read_text())
 
     def done(self, stage: str) -> bool:
         return stage in self.data["stages"]
@@ -70,7 +78,8 @@ class RunState:
 
     def mark(self, stage: str, info: Any = True) -> None:
         self.data["stages"][stage] = info
-        write_json(self.root / STATE, self.data)
+        if self.writer:
+            write_json(self.root / STATE, self.data)
 
     @property
     def prepared_dir(self) -> Path:
