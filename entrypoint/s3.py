@@ -29,7 +29,7 @@ def client() -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"max_attempts": 10, "mode": "adaptive"}))
+    return boto3.session.Session().client("s3", config=Config(retries={"max_attempts": 10, "mode": "adaptive"}))
 
 
 def describe_error(exc: Exception) -> str:
