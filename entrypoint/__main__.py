@@ -23,9 +23,11 @@ def main(argv: list[str]) -> int:
                         stream=sys.stderr)
     try:
         from entrypoint.job import run
-        from entrypoint.settings import load_settings
+        from entrypoint.logs import setup_logging
+        from entrypoint.settings import load_settings, secret_setting_values
 
         settings = load_settings()
+        setup_logging(settings.log_format, secret_setting_values(settings))
         result = run(settings, dry_run="--dry-run" in argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

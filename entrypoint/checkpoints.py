@@ -22,6 +22,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from entrypoint.outputs import remove_unpublished
+
 log = logging.getLogger(__name__)
 
 MARKER = "dpo_checkpoint.json"
@@ -118,6 +120,7 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = self.root / f"checkpoint-{state.global_step}"
+            remove_unpublished(checkpoint)  # pickled args carry hub_token; resuming does not need them
             mark_complete(checkpoint)
             prune(self.root, self.keep, self.resumed_from)
         return control

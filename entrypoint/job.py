@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +48,20 @@ def run_paths(settings: JobSettings) -> RunPaths:
 
 
 def preflight(settings: JobSettings, paths: RunPaths) -> Any:
-    """Checks that need no model weights: model and data references. Returns the resolved model."""
+    """Checks that need no model weights: model, data, publishing destinations. Returns the model."""
     from entrypoint.data.sources import check_source
     from entrypoint.models.loading import resolve_model
 
     model = resolve_model(settings.model, settings.model_family, settings.model_revision, paths.cache_dir)
     check_source(settings.dataset)
+    if settings.s3_uri:
+        from entrypoint.publish.s3 import check_destination
+
+        check_destination(settings.s3_uri, paths.run_name, settings.overwrite)
+    if settings.hub_repo:
+        from entrypoint.publish.hub import check_hub
+
+        check_hub(settings.hub_repo)
     return model
 
 
@@ -114,7 +123,26 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
             manifest.unlink(missing_ok=True)  # whatever is there now is not a complete run
         metrics = train_and_evaluate(settings, paths, model_ref, args, state, ranks)
         state.mark("results")
-    return RunResult(paths, metrics) if ranks.is_main_process else None
+    if not ranks.is_main_process:
+        return None
+    if not state.done("published"):
+        state.mark("published", publish(settings, paths))
+    return RunResult(paths, metrics)
+
+
+def publish(settings: JobSettings, paths: RunPaths) -> dict[str, Any]:
+    """Upload the finished run where the settings say; each publisher is idempotent."""
+    done: dict[str, Any] = {}
+    if settings.s3_uri:
+        from entrypoint.publish.s3 import upload_run
+
+        done["s3"] = upload_run(paths.output_dir, settings.s3_uri, settings.overwrite)
+    if settings.hub_repo:
+        from entrypoint.publish.hub import publish_adapter
+
+        done["hub"] = publish_adapter(paths.adapter_dir, settings.hub_repo, settings.hub_private, paths.run_name)
+        log.info("hub: %s", done["hub"])
+    return done
 
 
 def _ranks() -> Any:
@@ -152,11 +180,15 @@ def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, proce
 def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, state: RunState,
                        ranks: Any) -> dict[str, Any]:
     from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     from entrypoint import checkpoints
     from entrypoint.card import write_model_card
     from entrypoint.evaluate import reward_metrics, sample_generations
+    from entrypoint.logs import ProgressLogCallback
     from entrypoint.models.loading import load_model, load_processor
+    from entrypoint.plots import write_plots
+    from entrypoint.tracking import SettingsToWandb, setup_wandb
     from entrypoint.train import build_trainer
 
     # ---- data (checked before the model is loaded: a data problem costs no GPU time)
@@ -172,8 +204,13 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
             checkpoints.remove_incomplete(paths.checkpoint_dir)
         resume_from = checkpoints.latest_complete(paths.checkpoint_dir)
     callback = checkpoints.CheckpointCallback(paths.checkpoint_dir, settings.save_total_limit, resume_from)
+    callbacks = [callback, ProgressLogCallback()]
+    if settings.report_to == "wandb":
+        setup_wandb(paths.run_name)
+        callbacks.append(SettingsToWandb(public_dict(settings)))
     model = load_model(model_ref, settings.quantization)
-    trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, [callback])
+    trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, callbacks)
+    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; ProgressLogCallback logs instead
 
     # ---- train (resuming when a previous attempt left checkpoints) and evaluate
     # Evaluated on every attempt, resumed ones too: an evaluation before training changes the
@@ -202,7 +239,12 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
                          "resumed_from": resume_from.name if resume_from else None},
                "eval_before": before, "eval_after": after, "history": trainer.state.log_history,
                "samples": samples}
-    write_model_card(paths.adapter_dir, settings, model_ref, data.report, metrics)
+    plots = write_plots(trainer.state.log_history, paths.output_dir / outputs.PLOTS_DIR)
+    for plot in plots:  # the card travels with the adapter (to the Hub too): so do its pictures
+        (paths.adapter_dir / outputs.PLOTS_DIR).mkdir(exist_ok=True)
+        shutil.copy2(plot, paths.adapter_dir / outputs.PLOTS_DIR / plot.name)
+    write_model_card(paths.adapter_dir, settings, model_ref, data.report, metrics,
+                     [f"{outputs.PLOTS_DIR}/{p.name}" for p in plots])
     outputs.write_json(paths.output_dir / outputs.METRICS, metrics)
     outputs.write_json(paths.output_dir / outputs.CONFIG, {"run_name": paths.run_name, **public_dict(settings),
                                                           "dpo_config": args.to_dict()})

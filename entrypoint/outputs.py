@@ -5,6 +5,7 @@
       metrics.json        train and eval metrics, sample generations
       config.json         the resolved settings, secrets redacted
       data_report.json    rows read, pairs made, rows dropped and why
+      plots/              loss, reward accuracy, reward margin, chosen vs rejected rewards (PNG)
       manifest.json       written last: every other file's path, size and sha256
 
 A reader that finds manifest.json can trust that the run is complete. Checkpoints and caches are
@@ -26,6 +27,7 @@ METRICS = "metrics.json"
 CONFIG = "config.json"
 DATA_REPORT = "data_report.json"
 MANIFEST = "manifest.json"
+PLOTS_DIR = "plots"
 # The trainer pickles its arguments (hub_token included) next to the adapter; results never carry them.
 UNPUBLISHED_FILES = ("training_args.bin",)
 

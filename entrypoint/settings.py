@@ -263,3 +263,8 @@ def public_dict(settings: JobSettings) -> dict[str, Any]:
             continue  # TRL's own default: recorded by the trainer, not repeated here
         out[name] = REDACTED if (is_secret(name) and value is not None) else value
     return out
+
+
+def secret_setting_values(settings: JobSettings) -> list[str]:
+    """The values of DPO_* settings marked secret, for masking in logs."""
+    return [str(v) for k, v in settings.model_dump().items() if is_secret(k) and v]

@@ -26,6 +26,7 @@ def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> An
     import torch
     from trl import DPOConfig
 
+    from entrypoint.logs import progress_is_a_bar
     from entrypoint.models.loading import compute_dtype
 
     kwargs = trainer_overrides(settings)
@@ -34,6 +35,7 @@ def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> An
     kwargs.setdefault("bf16", dtype == torch.bfloat16)
     kwargs.setdefault("fp16", dtype == torch.float16)
     kwargs.setdefault("use_cpu", not torch.cuda.is_available())
+    kwargs.setdefault("disable_tqdm", not progress_is_a_bar())  # plain log lines in cloud logs
     return DPOConfig(output_dir=str(checkpoint_dir), run_name=run_name, seed=settings.seed,
                      report_to=[] if settings.report_to == "none" else [settings.report_to], **kwargs)
 

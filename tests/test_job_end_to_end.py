@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import job_env, run_job
 
+from conftest import job_env, run_job
 from entrypoint.outputs import sha256_file
 
 DEMO = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="6",

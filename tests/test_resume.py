@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, job_env, run_job
 
+from conftest import ROOT, job_env, run_job
 from entrypoint import checkpoints
 from entrypoint.errors import EXIT_PREEMPTED
 from entrypoint.outputs import sha256_file

@@ -1,0 +1,40 @@
+"""Experiment tracking with wandb through the Trainer's own callback.
+
+The run id is derived from the run name, and resuming is allowed, so a preempted job that
+restarts logs into the same wandb run. wandb reads its usual variables (WANDB_API_KEY, WANDB_PROJECT,
+WANDB_MODE=offline, ...); what it logs as config is the trainer's `to_dict()`, where every
+`*_token` value is masked, plus the job's own settings with secrets redacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+def wandb_run_id(run_name: str) -> str:
+    """Stable across restarts of the same run; wandb ids allow letters, digits, - and _."""
+    return f"{run_name[:40]}-{hashlib.sha256(run_name.encode()).hexdigest()[:8]}"
+
+
+def setup_wandb(run_name: str) -> None:
+    """Point the Trainer's WandbCallback at this run's id (unless the user chose one)."""
+    os.environ.setdefault("WANDB_RUN_ID", wandb_run_id(run_name))
+    os.environ.setdefault("WANDB_RESUME", "allow")
+    os.environ.setdefault("WANDB_NAME", run_name)
+
+
+class SettingsToWandb(TrainerCallback):
+    """Adds the job's settings (already redacted) to the wandb run the Trainer's callback opened."""
+
+    def __init__(self, settings_dict: dict[str, Any]):
+        self.settings_dict = settings_dict
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import wandb
+
+        if state.is_world_process_zero and wandb.run is not None:
+            wandb.run.config.update({"job": self.settings_dict}, allow_val_change=True)
