@@ -4,6 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+SKY_VENV ?= .venv-sky
 # The CUDA build in requirements.lock is for the container; here the same torch version is
 # installed on its own (on a CPU machine point pip at a CPU build, e.g. PyTorch's CPU index).
 TORCH_SPEC ?= torch==$(shell sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements.lock)
@@ -16,7 +17,7 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 
 .PHONY: install demo test lint lock docs image clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(SKY_VENV)/.installed
 
 # The runtime lock minus the CUDA-only wheels (torch itself comes from TORCH_SPEC), then the test lock.
 build/requirements-cpu.lock: requirements.lock
@@ -26,21 +27,28 @@ build/requirements-cpu.lock: requirements.lock
 $(VENV)/.installed: build/requirements-cpu.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r build/requirements-cpu.lock
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-demo: install
+# SkyPilot in a venv of its own: the tests validate sky/*.yaml with its loader, offline.
+$(SKY_VENV)/.installed: requirements-sky.lock
+	test -x $(SKY_VENV)/bin/python || $(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install -q --no-deps --require-hashes -r requirements-sky.lock
+	touch $@
+
+demo: $(VENV)/.installed
 	$(DEMO_ENV) $(BIN)/python -m entrypoint
 
 test: install
 	$(BIN)/python -m pytest
 
-lint: install
-	$(BIN)/ruff check entrypoint tests
+lint: $(VENV)/.installed
+	$(BIN)/ruff check entrypoint tests bench
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/actionlint
 
 # Regenerate both locks from the .in files (no downloads: uv resolves from the index metadata).
 lock:
@@ -49,11 +57,15 @@ lock:
 		--python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
 	$(BIN)/uv pip compile requirements-dev.in -c requirements.lock -o requirements-dev.lock \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
+	$(BIN)/uv pip compile requirements-sky.in -o requirements-sky.lock --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
 
 # The settings reference in README.md, generated from entrypoint/settings.py.
-docs: install
+docs: $(VENV)/.installed
 	$(BIN)/python -m entrypoint.reference --write README.md
 
+# Needs a Docker engine (none runs on the dev machines or in CI here: the tests lint the Dockerfile
+# and check it installs and runs exactly what they test).
 image:
 	docker build -t $(IMAGE) .
 

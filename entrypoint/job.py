@@ -208,7 +208,7 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     if settings.report_to == "wandb":
         setup_wandb(paths.run_name)
         callbacks.append(SettingsToWandb(public_dict(settings)))
-    model = load_model(model_ref, settings.quantization)
+    model = load_model(model_ref, settings.quantization, settings.distributed)
     trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; ProgressLogCallback logs instead
 

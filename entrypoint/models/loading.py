@@ -82,33 +82,40 @@ def compute_dtype() -> Any:
     return torch.float32
 
 
-def quantization_config(quantization: str, family: Family, dtype: Any) -> Any:
+def quantization_config(quantization: str, family: Family, dtype: Any, sharded: bool = False) -> Any:
+    """QLoRA's nf4 + double quantization; `sharded` (FSDP) stores the 4-bit weights in the compute
+    dtype, which FSDP needs to flatten them with the rest."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
+        storage = {"bnb_4bit_quant_storage": dtype} if sharded else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype,
-                                  llm_int8_skip_modules=family.keep_full_precision)
+                                  bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=family.keep_full_precision,
+                                  **storage)
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=family.keep_full_precision)
     return None
 
 
-def device_map() -> dict[str, Any]:
-    """Each process holds a whole copy of the model on its own device (DDP), or on the CPU."""
+def device_map(sharded: bool) -> dict[str, Any] | None:
+    """DDP: each process holds a whole copy on its own GPU (or the CPU); FSDP/DeepSpeed place it themselves."""
     import torch
     from accelerate import PartialState
 
+    if sharded:
+        return None
     if torch.cuda.is_available():
         return {"": PartialState().local_process_index}
     return {"": "cpu"}
 
 
-def load_model(model: ModelRef, quantization: str) -> Any:
+def load_model(model: ModelRef, quantization: str, distributed: str = "ddp") -> Any:
     import transformers
 
     dtype = compute_dtype()
+    sharded = distributed != "ddp"
     model_class = getattr(transformers, model.family.model_class)
     return model_class.from_pretrained(
         model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"), dtype=dtype,
-        quantization_config=quantization_config(quantization, model.family, dtype), device_map=device_map())
+        quantization_config=quantization_config(quantization, model.family, dtype, distributed == "fsdp"),
+        device_map=device_map(sharded))

@@ -1,0 +1,37 @@
+# dpo-job: DPO + QLoRA on LLaVA-NeXT, one image for `docker run --gpus all` and SkyPilot.
+# torch's CUDA 13 wheels bring their own CUDA libraries: the host needs only an NVIDIA driver
+# that supports CUDA 13 (R580 or newer) and the NVIDIA container toolkit.
+FROM python:3.11.14-slim-bookworm
+
+LABEL org.opencontainers.image.title="dpo-job" \
+      org.opencontainers.image.description="DPO with QLoRA on LLaVA-NeXT (and LLaVA 1.5, Idefics2, text LMs); publishes adapters to S3 and the Hub" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/dpo-job/dpo-job"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/cache/huggingface \
+    DPO_CACHE_DIR=/cache/dpo-job \
+    DPO_OUTPUT_DIR=/outputs
+
+RUN useradd --create-home --uid 1000 dpo \
+    && mkdir -p /cache /outputs /app \
+    && chown dpo:dpo /cache /outputs /app
+
+WORKDIR /app
+
+# The stack first, from the hashed lock only: a code change does not reinstall it.
+COPY requirements.lock ./
+RUN python -m pip install --require-hashes --no-deps -r requirements.lock
+
+# Then the project itself, without dependencies (they are all in the lock).
+COPY pyproject.toml README.md ./
+COPY entrypoint ./entrypoint
+RUN python -m pip install --no-deps --no-build-isolation . \
+    && rm -rf build
+
+USER 1000:1000
+VOLUME ["/cache", "/outputs"]
+ENTRYPOINT ["python", "-m", "entrypoint"]
