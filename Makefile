@@ -15,7 +15,7 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_FRACTION=0.25 DPO_OUTPUT_DIR=outputs/demo \
 	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
 
-.PHONY: install demo test lint lock docs image clean
+.PHONY: install demo test lint lock docs image bench clean
 
 install: $(VENV)/.installed $(SKY_VENV)/.installed
 
@@ -68,6 +68,9 @@ docs: $(VENV)/.installed
 # and check it installs and runs exactly what they test).
 image:
 	docker build -t $(IMAGE) .
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/bench_job.py
 
 clean:
 	rm -rf build outputs .pytest_cache
