@@ -179,15 +179,14 @@ def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, proce
 
 def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, state: RunState,
                        ranks: Any) -> dict[str, Any]:
+    """Data, model, training (resumed where checkpoints exist), evaluation; rank 0 writes the results."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from entrypoint import checkpoints
-    from entrypoint.card import write_model_card
     from entrypoint.evaluate import reward_metrics, sample_generations
     from entrypoint.logs import ProgressLogCallback
     from entrypoint.models.loading import load_model, load_processor
-    from entrypoint.plots import write_plots
     from entrypoint.tracking import SettingsToWandb, setup_wandb
     from entrypoint.train import build_trainer
 
@@ -232,21 +231,29 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     samples = sample_generations(trainer.model, processor, data.eval, settings.eval_generations) \
         if data.eval is not None else []
 
-    # ---- save (rank 0): adapter, data report, metrics, config, then the manifest last
-    outputs.remove_unpublished(paths.adapter_dir)
-    outputs.write_json(paths.output_dir / outputs.DATA_REPORT, data.report)
     metrics = {"train": {**result.metrics, "global_step": result.global_step, "wall_seconds": train_seconds,
                          "resumed_from": resume_from.name if resume_from else None},
                "eval_before": before, "eval_after": after, "history": trainer.state.log_history,
                "samples": samples}
-    plots = write_plots(trainer.state.log_history, paths.output_dir / outputs.PLOTS_DIR)
+    write_results(settings, paths, model_ref, args, data.report, metrics)
+    return metrics
+
+
+def write_results(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, report: dict[str, Any],
+                  metrics: dict[str, Any]) -> None:
+    """Rank 0, after the adapter is saved: plots, card, data report, metrics, config; the manifest last."""
+    from entrypoint.card import write_model_card
+    from entrypoint.plots import write_plots
+
+    outputs.remove_unpublished(paths.adapter_dir)
+    plots = write_plots(metrics["history"], paths.output_dir / outputs.PLOTS_DIR)
     for plot in plots:  # the card travels with the adapter (to the Hub too): so do its pictures
         (paths.adapter_dir / outputs.PLOTS_DIR).mkdir(exist_ok=True)
         shutil.copy2(plot, paths.adapter_dir / outputs.PLOTS_DIR / plot.name)
-    write_model_card(paths.adapter_dir, settings, model_ref, data.report, metrics,
+    write_model_card(paths.adapter_dir, settings, model_ref, report, metrics,
                      [f"{outputs.PLOTS_DIR}/{p.name}" for p in plots])
+    outputs.write_json(paths.output_dir / outputs.DATA_REPORT, report)
     outputs.write_json(paths.output_dir / outputs.METRICS, metrics)
     outputs.write_json(paths.output_dir / outputs.CONFIG, {"run_name": paths.run_name, **public_dict(settings),
                                                           "dpo_config": args.to_dict()})
     outputs.write_manifest(paths.output_dir, paths.run_name, exclude=(paths.checkpoint_dir,))
-    return metrics
