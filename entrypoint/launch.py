@@ -4,6 +4,8 @@ One process per GPU. DDP (the default) goes through torchrun; DeepSpeed ZeRO-2 a
 `accelerate launch` with the ready configs in entrypoint/accelerate_configs/. Nodes and GPUs come from SkyPilot's
 variables (SKYPILOT_NODE_IPS, SKYPILOT_NODE_RANK, SKYPILOT_NUM_NODES, SKYPILOT_NUM_GPUS_PER_NODE);
 with one process in all, the job runs directly, so its exit codes (2, 75) reach SkyPilot as they are.
+Under torchrun or accelerate a worker's exit code is reported as 1; SkyPilot recovers a preempted
+cluster regardless, and `max_restarts_on_errors` covers the rest.
 """
 
 from __future__ import annotations
