@@ -33,10 +33,6 @@ SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_S
                    "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
-def _secret(**kwargs: Any) -> Any:
-    return Field(json_schema_extra={"secret": True}, **kwargs)
-
-
 class JobSettings(BaseSettings):
     """What to train, on what data, and where the results go."""
 

@@ -21,7 +21,7 @@ PREPARED = "prepared"
 _NOT_TRAINING = {
     "output_dir", "checkpoint_dir", "cache_dir", "run_name", "resume", "s3_uri", "hub_repo", "hub_private",
     "overwrite", "distributed", "log_format", "report_to", "eval_generations", "logging_steps",
-    "logging_strategy", "logging_first_step", "logging_dir", "logging_nan_inf_filter", "save_steps",
+    "logging_strategy", "logging_first_step", "logging_nan_inf_filter", "save_steps",
     "save_strategy", "save_total_limit", "save_only_model", "disable_tqdm", "dataloader_num_workers",
     "dataloader_prefetch_factor", "dataloader_persistent_workers", "dataloader_pin_memory", "push_to_hub",
     "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",

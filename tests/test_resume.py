@@ -136,3 +136,10 @@ def test_pruning_keeps_the_newest_and_never_the_resume_source(tmp_path):
     assert checkpoints.checkpoint_dirs(tmp_path) == [dirs[0], dirs[2], dirs[3]]
     checkpoints.prune(tmp_path, keep=None, protected=None)  # no limit: nothing deleted
     assert len(checkpoints.checkpoint_dirs(tmp_path)) == 3
+
+
+def test_settings_that_do_not_shape_training_are_real_settings():
+    from entrypoint.settings import Settings
+    from entrypoint.state import _NOT_TRAINING
+
+    assert _NOT_TRAINING <= set(Settings.model_fields)  # a renamed field would silently count as training
