@@ -168,7 +168,8 @@ def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, proce
                    column_spec=settings.dataset_columns, seed=settings.seed, max_samples=settings.max_samples,
                    eval_fraction=settings.eval_fraction, max_eval_pairs=settings.max_eval_pairs,
                    limit=size_limit(processor.image_processor) if vision else None, cache_dir=paths.cache_dir,
-                   prompt_length=PromptLength(processor) if vision else None, max_length=max_length)
+                   prompt_length=PromptLength(processor) if vision else None, max_length=max_length,
+                   num_proc=settings.dataset_num_proc)
     if "images" in data.train.column_names and not vision:
         raise ConfigError(f"DPO_DATASET={settings.dataset} has images but DPO_MODEL={settings.model} is text-only")
     if state.writer:

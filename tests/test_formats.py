@@ -111,3 +111,14 @@ def test_prompts_that_cannot_fit_are_dropped_before_training(tmp_path):
                    prompt_length=lambda pair: len(message_text(pair["prompt"])), max_length=20)
     assert data.report["dropped"] == {"prompt (with image tokens) reaches DPO_MAX_LENGTH": 1}
     assert sorted(message_text(p) for p in data.train["prompt"]) == ["ok", "short"]
+
+
+def test_parallel_formatting_gives_the_same_pairs(tmp_path):
+    from entrypoint.data.samples import write_sample
+
+    path = write_sample("rlaif-v", tmp_path, rows=40)
+    kwargs = dict(fmt_name="auto", column_spec="", seed=1, max_samples=None, eval_fraction=0.1, max_eval_pairs=8,
+                  limit=SizeLimit(longest=64), cache_dir=tmp_path)
+    serial = prepare(str(path), "train", **kwargs)
+    parallel = prepare(str(path), "train", **kwargs, num_proc=2)
+    assert serial.train.to_list() == parallel.train.to_list() and serial.report == parallel.report

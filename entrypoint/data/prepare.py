@@ -48,11 +48,11 @@ def _problem(pair: dict[str, Any] | None) -> str:
 def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int, max_samples: int | None,
             eval_fraction: float, max_eval_pairs: int, limit: SizeLimit, cache_dir: Path,
             prompt_length: Callable[[dict[str, Any]], int] | None = None,
-            max_length: int | None = None) -> PreparedData:
+            max_length: int | None = None, num_proc: int | None = None) -> PreparedData:
     """Load, shuffle, cap, format, check, measure and split. Deterministic for a given seed.
 
     `prompt_length` measures a pair's prompt in tokens; pairs whose prompt reaches `max_length`
-    are dropped (see budget.py).
+    are dropped (see budget.py). `num_proc` (DPO_DATASET_NUM_PROC) formats in parallel processes.
     """
     rows = load_rows(ref, split, cache_dir)
     fmt, columns = resolve_format(fmt_name, rows.column_names, column_spec)
@@ -80,7 +80,7 @@ def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int,
             return {**empty, "problem": "prompt (with image tokens) reaches DPO_MAX_LENGTH"}
         return {**pair, "problem": ""}
 
-    pairs = rows.map(to_pair, remove_columns=rows.column_names, desc="Formatting pairs")
+    pairs = rows.map(to_pair, remove_columns=rows.column_names, desc="Formatting pairs", num_proc=num_proc)
     problems = Counter(p for p in pairs["problem"] if p)
     pairs = pairs.filter(lambda problem: not problem, input_columns="problem").remove_columns("problem")
     if len(pairs) < MIN_PAIRS:
