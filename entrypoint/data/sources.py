@@ -48,6 +48,23 @@ def check_source(ref: str) -> None:
             raise ConfigError(f"DPO_DATASET={ref}: unsupported file type; use {', '.join(_BUILDERS)}")
     elif not _HUB_ID.match(ref):
         raise ConfigError(f"DPO_DATASET={ref!r}: neither a Hub dataset id, an s3:// URI, a path nor a sample")
+    else:
+        _check_hub_dataset(ref)
+
+
+def _check_hub_dataset(ref: str) -> None:
+    """A typo'd or gated dataset id fails here, not after the processor is loaded. Offline
+    (HF_HUB_OFFLINE=1) the Hub cannot be asked: a cached copy may still load."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi(token=os.environ.get("HF_TOKEN")).dataset_info(ref)
+    except Exception as exc:  # noqa: BLE001 - not found, gated, no network: the user's to fix
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"DPO_DATASET={ref}: cannot read it from the Hub ({type(exc).__name__}: "
+                          f"{first_line})") from None
 
 
 def _data_files(path: Path) -> tuple[str, list[str]]:
@@ -86,5 +103,5 @@ def load_rows(ref: str, split: str, cache_dir: Path) -> Any:
         return _load_local(Path(ref).expanduser(), split)
     try:
         return datasets.load_dataset(ref, split=split, token=os.environ.get("HF_TOKEN"))
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"DPO_DATASET={ref}: {exc}") from None
+    except (OSError, ValueError) as exc:  # not found, no such split, offline and not cached
+        raise ConfigError(f"DPO_DATASET={ref}: {str(exc).splitlines()[0]}") from None

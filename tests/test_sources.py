@@ -1,0 +1,50 @@
+"""Where data comes from: s3:// (moto over HTTP), local files, Hub ids (offline: a clear error)."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from conftest import job_env, run_job
+from entrypoint import s3
+from entrypoint.data.samples import write_sample
+from entrypoint.data.sources import check_source, load_rows
+from entrypoint.errors import ConfigError
+from s3_server import moto_server
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    with moto_server() as url:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}.items():
+            monkeypatch.setenv(key, value)
+        s3.client.cache_clear()
+        client = boto3.client("s3", endpoint_url=url)
+        client.create_bucket(Bucket="data")
+        yield client
+        s3.client.cache_clear()
+
+
+def test_s3_file_and_prefix_load_the_same_rows_and_a_rerun_downloads_nothing(tmp_path, bucket):
+    sample = write_sample("rlaif-v", tmp_path / "src", rows=32)
+    bucket.upload_file(str(sample), "data", "sets/rlaif/part-0.parquet")
+    check_source("s3://data/sets/rlaif")
+    by_prefix = load_rows("s3://data/sets/rlaif", "train", tmp_path / "cache")
+    by_file = load_rows("s3://data/sets/rlaif/part-0.parquet", "train", tmp_path / "cache")
+    assert len(by_prefix) == len(by_file) == 32 and by_prefix["question"] == by_file["question"]
+    local = tmp_path / "cache" / "s3" / "data" / "sets" / "rlaif" / "part-0.parquet"
+    mtime = local.stat().st_mtime_ns
+    load_rows("s3://data/sets/rlaif", "train", tmp_path / "cache")
+    assert local.stat().st_mtime_ns == mtime
+
+
+def test_missing_s3_data_is_a_config_error(bucket):
+    with pytest.raises(ConfigError, match="DPO_DATASET=s3://data/nothing/here: no such object or prefix"):
+        check_source("s3://data/nothing/here")
+
+
+def test_a_hub_dataset_that_cannot_be_read_exits_2_before_any_model_loads(tmp_path, cache_dir):
+    result = run_job(job_env(cache_dir, tmp_path / "out", model="tiny:llava-next", dataset="someorg/not-cached"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: DPO_DATASET=someorg/not-cached:" in result.stderr and "Traceback" not in result.stderr
