@@ -19,7 +19,9 @@ def _metadata(settings: JobSettings, model: Any) -> dict[str, Any]:
     tags = ["trl", "dpo", "lora", model.family.name]
     if settings.quantization == "4bit":
         tags.append("qlora")
-    meta: dict[str, Any] = {"base_model": settings.model, "library_name": "peft", "tags": tags}
+    meta: dict[str, Any] = {"library_name": "peft", "tags": tags}
+    if model.source == settings.model:  # a Hub id; the Hub rejects local paths as base_model
+        meta = {"base_model": settings.model, **meta}
     if not settings.dataset.startswith(("sample:", "/", ".", "s3://")):
         meta["datasets"] = [settings.dataset]
     return meta
@@ -56,7 +58,7 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
         "```python",
         f"from transformers import {loader}, {processor}",
         "from peft import PeftModel", "",
-        f'base = {loader}.from_pretrained("{settings.model}")',
+        f'base = {loader}.from_pretrained("{model.source}")',
         'model = PeftModel.from_pretrained(base, "<this repo or folder>")',
         f'processor = {processor}.from_pretrained("<this repo or folder>")',
         "```", "",

@@ -48,7 +48,8 @@ def test_output_contract(finished_run):
     report = json.loads((output / "data_report.json").read_text())
     assert report["format"] == "rlaif-v" and report["train_pairs"] + report["eval_pairs"] == report["pairs"]
     card = (adapter / "README.md").read_text()
-    assert "library_name: peft" in card and "base_model: tiny:llava-next" in card
+    assert "library_name: peft" in card and "base_model:" not in card  # not a Hub id: no Hub link
+    assert "tiny/llava-next\")" in card  # the load snippet names the base model's real location
 
 
 def test_manifest_is_last_and_its_hashes_match(finished_run):

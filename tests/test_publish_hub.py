@@ -62,7 +62,7 @@ def test_the_card_carries_metadata_settings_metrics_plots_and_loading(tmp_path, 
     metrics = {"train": {"global_step": 10},
                "eval_before": {"loss": 0.6931, "rewards/accuracies": 0.0, "rewards/margins": 0.0},
                "eval_after": {"loss": 0.5, "rewards/accuracies": 0.75, "rewards/margins": 0.3}}
-    card = render(settings, ModelRef("x", FAMILIES["llava-next"]),
+    card = render(settings, ModelRef(settings.model, FAMILIES["llava-next"]),
                   {"train_pairs": 9, "eval_pairs": 1, "format": "rlaif-v"}, metrics, ["plots/loss.png"])
     front = card.split("---")[1]
     for line in ("base_model: llava-hf/llava-v1.6-mistral-7b-hf", "library_name: peft", "- dpo", "- trl",
