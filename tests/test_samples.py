@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from entrypoint.data.formats import resolve_format
-from entrypoint.data.samples import SAMPLES, write_sample
+from entrypoint.data.samples import SAMPLE_VERSION, SAMPLES, write_sample
 from entrypoint.errors import ConfigError
 
 S = datasets.Value("string")
@@ -40,7 +40,7 @@ def loaded(tmp_path_factory):
 def test_names_and_file_name(loaded):
     assert SAMPLES == ("rlaif-v", "vqa-rad", "text")
     for name, (path, _) in loaded.items():
-        assert path.name == f"{name}-48-0.parquet"
+        assert path.name == f"{name}-48-0-v{SAMPLE_VERSION}.parquet"
         assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 

@@ -34,6 +34,7 @@ from entrypoint.errors import ConfigError
 SAMPLES: tuple[str, ...] = ("rlaif-v", "vqa-rad", "text")
 
 MIN_SIDE, MAX_SIDE = 24, 96
+SAMPLE_VERSION = 1  # in the file name: bump when the generator changes, so cached samples are not reused
 
 
 def _features(name: str):
@@ -272,7 +273,7 @@ def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0
     if rows < 1:
         raise ConfigError(f"sample {name}: rows must be >= 1, got {rows}")
     out_dir = pathlib.Path(out_dir)
-    path = out_dir / f"{name}-{rows}-{seed}.parquet"
+    path = out_dir / f"{name}-{rows}-{seed}-v{SAMPLE_VERSION}.parquet"
     if path.is_file():
         return path
     import datasets
