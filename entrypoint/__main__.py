@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from entrypoint.errors import EXIT_CONFIG, EXIT_OK, EXIT_PREEMPTED, ConfigError, Preempted
+from entrypoint.errors import EXIT_BUG, EXIT_CONFIG, EXIT_OK, EXIT_PREEMPTED, ConfigError, Preempted
 
 
 def main(argv: list[str]) -> int:
@@ -35,6 +35,9 @@ def main(argv: list[str]) -> int:
     except Preempted as exc:
         print(f"preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except Exception:  # a bug: its traceback goes through the log handler, so secrets are masked there too
+        logging.getLogger("entrypoint").exception("the job failed with an unexpected error")
+        return EXIT_BUG
     if result is not None:
         print(result.summary())
     return EXIT_OK

@@ -37,6 +37,13 @@ def _metrics_table(before: dict[str, float], after: dict[str, float]) -> list[st
     return lines
 
 
+def _plots_section(plots: list[str]) -> list[str]:
+    """Relative links: the PNGs travel in the adapter folder (plots/), to the Hub too."""
+    if not plots:
+        return []
+    return ["## Training curves", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+
+
 def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: dict[str, Any],
            plots: list[str] = ()) -> str:
     values = settings.model_dump(mode="json")
@@ -53,7 +60,7 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
         "## Evaluation (held-out pairs)", "",
         "Before = the base model (at step 0 the policy equals the reference, so its rewards are 0).", "",
         *_metrics_table(metrics.get("eval_before", {}), metrics.get("eval_after", {})), "",
-        *(f"![{Path(p).stem}]({p})" for p in plots), "",
+        *_plots_section(plots),
         "## How to load", "",
         "```python",
         f"from transformers import {loader}, {processor}",

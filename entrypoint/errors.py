@@ -5,6 +5,7 @@ anything else is a bug and keeps its traceback.
 """
 
 EXIT_OK = 0
+EXIT_BUG = 1
 EXIT_CONFIG = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving a checkpoint; run again to resume
 

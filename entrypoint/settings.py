@@ -138,7 +138,8 @@ _FIXED_BY_JOB = {"output_dir", "run_name", "seed", "report_to"}  # declared abov
 
 
 def _is_secret_name(name: str) -> bool:
-    return bool(re.search(r"(token|secret|password|api_key)$", name))
+    """Credentials among DPOConfig's fields (hub_token); `pad_token` is a token of the vocabulary."""
+    return bool(re.search(r"(_token|secret|password|api_key)$", name)) and name != "pad_token"
 
 
 def _training_fields() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,7 @@ class FaultyProxy:
         self.upstream = upstream.removeprefix("http://")
         self.mode, self.every, self.limit, self.delay = mode, every, limit, delay
         self.puts = self.faults = 0
+        self.closed = False
         self.lock = threading.Lock()
         proxy = self
 
@@ -77,9 +79,10 @@ class FaultyProxy:
                         self.wfile.write(payload)
                         return
                 if self.command == "PUT" and proxy.mode == "slow":
-                    import time
-
                     time.sleep(proxy.delay)
+                    if proxy.closed:  # the test is over: a late request must not reach the server
+                        self.close_connection = True
+                        return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
                 headers["Content-Length"] = str(len(body))
                 upstream = http.client.HTTPConnection(proxy.upstream, timeout=30)
@@ -113,5 +116,6 @@ class FaultyProxy:
             return False
 
     def close(self) -> None:
+        self.closed = True
         self.server.shutdown()
         self.server.server_close()

@@ -1,74 +1,154 @@
-"""Hub publishing at the HfApi boundary (no network): repo creation, the commit, the model card."""
+"""Hub publishing with the real HfApi, its HTTP answered in-process (no network): the token used,
+repo creation and visibility, the commit and its files, the model card's metadata."""
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
+import httpx2
 import pytest
+import yaml
+from huggingface_hub import constants
+from huggingface_hub.utils import _http
 
 from entrypoint.errors import ConfigError
 from entrypoint.publish.hub import check_hub, publish_adapter
 
-
-class RecordingApi:
-    """Stands in for huggingface_hub.HfApi: records calls, reads the folder as the real one would."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, dict]] = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-
-    def upload_folder(self, **kwargs):
-        files = {p.relative_to(kwargs["folder_path"]).as_posix(): p.read_bytes()
-                 for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file()}
-        self.calls.append(("upload_folder", {**kwargs, "files": files}))
-        return type("Commit", (), {"commit_url": f"https://hub/{kwargs['repo_id']}/commit/1"})()
+TOKEN = "hf_canaryWriteToken0123"
 
 
-def test_creates_a_private_repo_then_one_named_commit_with_the_card(tmp_path):
-    adapter = tmp_path / "adapter"
-    (adapter / "plots").mkdir(parents=True)
-    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    (adapter / "README.md").write_text("---\nlibrary_name: peft\n---\n# card\n![loss](plots/loss.png)\n")
-    (adapter / "plots" / "loss.png").write_bytes(b"png")
-    api = RecordingApi()
-    url = publish_adapter(adapter, "org/model", private=True, run_name="run-7", api=api)
-    (create, repo), (upload, commit) = api.calls
-    assert (create, upload) == ("create_repo", "upload_folder")
-    assert repo == {"repo_id": "org/model", "repo_type": "model", "private": True, "exist_ok": True}
-    assert commit["repo_id"] == "org/model" and commit["commit_message"] == "DPO run run-7"
-    assert set(commit["files"]) == {"adapter_model.safetensors", "README.md", "plots/loss.png"}
-    assert url == "https://hub/org/model/commit/1"
-    publish_adapter(adapter, "org/model", private=False, run_name="run-7", api=api)
-    assert api.calls[2][1]["private"] is False
+class FakeHub:
+    """Answers the Hub API calls HfApi makes for whoami, create_repo and upload_folder; records them."""
+
+    def __init__(self, role: str = "write"):
+        self.role = role
+        self.requests: list[httpx2.Request] = []
+        self.created: list[dict] = []
+        self.commits: list[dict] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path == "/api/whoami-v2":
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return httpx2.Response(401, json={"error": "Invalid credentials in Authorization header"})
+            return httpx2.Response(200, json={"name": "me", "auth": {"accessToken": {"role": self.role}}})
+        if path == "/api/repos/create":
+            self.created.append(json.loads(request.content))
+            return httpx2.Response(200, json={"url": "https://huggingface.co/org/model"})
+        if path == "/api/validate-yaml":
+            yaml.safe_load(json.loads(request.content)["content"].split("---")[1])  # the card's front matter parses
+            return httpx2.Response(200, json={})
+        if path.endswith("/preupload/main"):
+            files = json.loads(request.content)["files"]
+            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
+                                                         "shouldIgnore": False} for f in files]})
+        if path.endswith("/commit/main"):
+            self.commits.append(self._commit(request))
+            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/org/model/commit/abc",
+                                              "commitOid": "a" * 40})
+        return httpx2.Response(404, json={"error": "not found"})
+
+    @staticmethod
+    def _commit(request: httpx2.Request) -> dict:
+        lines = [json.loads(line) for line in request.content.decode().splitlines()]
+        files = {e["value"]["path"]: base64.b64decode(e["value"]["content"]) for e in lines if e["key"] == "file"}
+        return {"path": request.url.path, "message": lines[0]["value"]["summary"], "files": files,
+                "authorization": request.headers.get("authorization")}
 
 
-def test_pushing_without_a_token_is_a_startup_error(monkeypatch):
-    with pytest.raises(ConfigError, match="DPO_HUB_REPO=org/model: HF_TOKEN is not set"):
-        check_hub("org/model")
-    monkeypatch.setenv("HF_TOKEN", "hf_x")
-    check_hub("org/model")
+@pytest.fixture
+def hub(monkeypatch):
+    fake = FakeHub()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake)))
+    yield fake
+    _http.set_client_factory(_http.default_client_factory)
 
 
-def test_the_card_carries_metadata_settings_metrics_plots_and_loading(tmp_path, monkeypatch):
-    from entrypoint.card import render
+def card_and_adapter(tmp_path: Path, monkeypatch) -> Path:
+    """An adapter folder as write_results leaves it: weights, config, the real model card, plots."""
+    from entrypoint.card import write_model_card
     from entrypoint.models.families import FAMILIES
     from entrypoint.models.loading import ModelRef
     from entrypoint.settings import load_settings
 
     monkeypatch.setenv("DPO_BETA", "0.2")
+    monkeypatch.setenv("DPO_HUB_TOKEN", "canary-setting-token-0123")
     settings = load_settings()
+    adapter = tmp_path / "adapter"
+    (adapter / "plots").mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "plots" / "loss.png").write_bytes(b"\x89PNG")
     metrics = {"train": {"global_step": 10},
                "eval_before": {"loss": 0.6931, "rewards/accuracies": 0.0, "rewards/margins": 0.0},
                "eval_after": {"loss": 0.5, "rewards/accuracies": 0.75, "rewards/margins": 0.3}}
-    card = render(settings, ModelRef(settings.model, FAMILIES["llava-next"]),
-                  {"train_pairs": 9, "eval_pairs": 1, "format": "rlaif-v"}, metrics, ["plots/loss.png"])
-    front = card.split("---")[1]
-    for line in ("base_model: llava-hf/llava-v1.6-mistral-7b-hf", "library_name: peft", "- dpo", "- trl",
-                 "- llava-next", "- qlora", "- openbmb/RLAIF-V-Dataset"):
-        assert line in front
+    write_model_card(adapter, settings, ModelRef(settings.model, FAMILIES["llava-next"]),
+                     {"train_pairs": 9, "eval_pairs": 1, "format": "rlaif-v"}, metrics, ["plots/loss.png"])
+    return adapter
+
+
+def test_creates_a_private_repo_then_one_commit_named_after_the_run(tmp_path, monkeypatch, hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    adapter = card_and_adapter(tmp_path, monkeypatch)
+    url = publish_adapter(adapter, "org/model", private=True, run_name="run-7")
+    assert hub.created == [{"name": "model", "organization": "org", "visibility": "private", "type": "model"}]
+    (commit,) = hub.commits
+    assert commit["path"] == "/api/models/org/model/commit/main" and commit["message"] == "DPO run run-7"
+    assert commit["authorization"] == f"Bearer {TOKEN}"
+    assert set(commit["files"]) == {"adapter_model.safetensors", "adapter_config.json", "README.md",
+                                    "plots/loss.png"}
+    assert url == "https://huggingface.co/org/model/commit/abc"
+    publish_adapter(adapter, "org/model", private=False, run_name="run-7")
+    assert hub.created[-1]["visibility"] == "public"
+
+
+def test_the_pushed_card_carries_metadata_settings_metrics_plots_and_no_secret(tmp_path, monkeypatch, hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    publish_adapter(card_and_adapter(tmp_path, monkeypatch), "org/model", private=True, run_name="run-7")
+    card = hub.commits[0]["files"]["README.md"].decode()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"] == "llava-hf/llava-v1.6-mistral-7b-hf" and meta["library_name"] == "peft"
+    assert {"trl", "dpo", "llava-next", "qlora"} <= set(meta["tags"])
+    assert meta["datasets"] == ["openbmb/RLAIF-V-Dataset"]
     assert "| `beta` | `0.2` |" in card
     assert "| rewards/accuracies | 0.0000 | 0.7500 |" in card
-    assert "![loss](plots/loss.png)" in card
+    assert "## Training curves\n\n![loss](plots/loss.png)" in card
     assert "PeftModel.from_pretrained" in card
+    sent = b"".join(r.content + str(r.url).encode() for r in hub.requests)
+    assert b"canary-setting-token-0123" not in sent
+
+
+@pytest.mark.parametrize(("token", "role", "message"), [
+    (None, "write", "HF_TOKEN is not set"),
+    ("hf_wrong", "write", "HF_TOKEN is not a valid token"),
+    (TOKEN, "read", "read-only token"),
+])
+def test_a_token_that_cannot_push_is_a_startup_error(monkeypatch, hub, token, role, message):
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    hub.role = role
+    with pytest.raises(ConfigError, match=f"DPO_HUB_REPO=org/model: .*{message}"):
+        check_hub("org/model")
+
+
+def test_a_write_token_passes_and_offline_mode_is_refused(monkeypatch, hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    check_hub("org/model")
+    assert [r.url.path for r in hub.requests if r.url.path.startswith("/api/whoami")] == ["/api/whoami-v2"]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="needs the network, but HF_HUB_OFFLINE is set"):
+        check_hub("org/model")
+
+
+def test_an_unreachable_hub_at_startup_is_only_a_warning(monkeypatch, hub, caplog):
+    def refuse(request):
+        raise httpx2.ConnectError("connection refused", request=request)
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    check_hub("org/model")
+    assert "could not check HF_TOKEN now" in caplog.text

@@ -1,4 +1,5 @@
-"""Publishing to S3 against moto's real server over HTTP: verified, manifest last, idempotent, fault-tolerant."""
+"""Publishing to S3 against moto's real server over HTTP, reached through AWS_ENDPOINT_URL_S3 as R2,
+MinIO or GCS would be: verified, manifest last, idempotent, fault-tolerant."""
 
 from __future__ import annotations
 
@@ -82,8 +83,27 @@ def test_rerun_uploads_nothing_and_another_run_is_refused_without_overwrite(tmp_
     with pytest.raises(ConfigError):
         upload_run(other, f"s3://{BUCKET}/p")
     check_destination(f"s3://{BUCKET}/p", "run-a", overwrite=False)  # the same run may resume
+    (other / "adapter" / "adapter_config.json").unlink()
+    write_manifest(other, "run-b")
     upload_run(other, f"s3://{BUCKET}/p", overwrite=True)
-    assert json.loads(remote(endpoint)["p/manifest.json"])["run_name"] == "run-b"
+    objects = remote(endpoint)
+    assert json.loads(objects["p/manifest.json"])["run_name"] == "run-b"
+    # run-a's file that run-b lacks is gone; the start-up write check left nothing behind
+    assert set(objects) == {"p/manifest.json", "p/metrics.json", "p/adapter/adapter_model.safetensors"}
+
+
+def test_an_object_changed_behind_our_back_is_uploaded_again(tmp_path, endpoint):
+    run = make_run(tmp_path / "run", big=1024)
+    upload_run(run, f"s3://{BUCKET}/t")
+    entry = next(e for e in json.loads((run / "manifest.json").read_text())["files"] if e["path"] == "metrics.json")
+    tampered = bytes(reversed((run / "metrics.json").read_bytes()))  # same size, same sha256 metadata
+    boto3.client("s3", endpoint_url=endpoint).put_object(
+        Bucket=BUCKET, Key="t/metrics.json", Body=tampered, ChecksumAlgorithm="SHA256",
+        Metadata={"sha256": entry["sha256"]})
+    boto3.client("s3", endpoint_url=endpoint).delete_object(Bucket=BUCKET, Key="t/manifest.json")
+    summary = upload_run(run, f"s3://{BUCKET}/t")
+    assert summary["uploaded"] == 2  # metrics.json and the manifest
+    assert remote(endpoint)["t/metrics.json"] == (run / "metrics.json").read_bytes()
 
 
 @pytest.mark.parametrize(("problem", "message"), [
@@ -103,6 +123,23 @@ def test_missing_bucket_or_credentials_is_a_clear_startup_error(monkeypatch, end
         s3.client.cache_clear()
     with pytest.raises(ConfigError, match=message):
         check_destination(uri, "run-a", overwrite=False)
+
+
+def test_a_read_only_credential_is_a_startup_error_not_a_failure_after_training(monkeypatch, endpoint):
+    import moto.settings
+
+    iam = boto3.client("iam", endpoint_url=endpoint)
+    iam.create_user(UserName="reader")
+    iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*", "s3:Head*"], "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    s3.client.cache_clear()
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks IAM policies from now on
+    with pytest.raises(ConfigError, match=f"DPO_S3_URI=s3://{BUCKET}/p: AccessDenied"):
+        check_destination(f"s3://{BUCKET}/p", "run-a", overwrite=False)
 
 
 @pytest.mark.parametrize("mode", ["500", "drop"])

@@ -89,3 +89,9 @@ def test_validation_is_fast_no_torch_import(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"
     assert float(out[0]) < 1.0
+
+
+def test_pad_token_is_vocabulary_not_a_credential(monkeypatch):
+    settings = settings_from(monkeypatch, DPO_PAD_TOKEN="<pad>", DPO_HUB_TOKEN="hf_secret")
+    public = public_dict(settings)
+    assert public["pad_token"] == "<pad>" and public["hub_token"] == REDACTED

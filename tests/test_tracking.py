@@ -1,41 +1,144 @@
-"""Tracking and logs: stable wandb ids, plots, JSON log lines, masked secrets."""
+"""Tracking and logs: a wandb run (offline, for real) that a restart resumes by id, whose config holds
+the settings redacted; JSON log lines; secrets masked in every line, the libraries' included."""
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
+import warnings
+from pathlib import Path
 
-from PIL import Image
+import pytest
 
-from entrypoint.logs import MASK, setup_logging
-from entrypoint.plots import write_plots
-from entrypoint.tracking import wandb_run_id
+from entrypoint.logs import MASK, ProgressLogCallback, setup_logging
+from entrypoint.tracking import SettingsToWandb, setup_wandb, wandb_run_id
+
+CANARIES = {"HF_TOKEN": "hf_canaryTracking0123", "WANDB_API_KEY": "canary-wandb-key-0123456789",
+            "AWS_SECRET_ACCESS_KEY": "canary-aws-secret-0123", "DPO_HUB_TOKEN": "canary-dpo-hub-token-0123"}
 
 
 def test_wandb_run_id_is_stable_per_run_name_and_valid():
     first = wandb_run_id("tiny-llava-next-sample-rlaif-v")
     assert first == wandb_run_id("tiny-llava-next-sample-rlaif-v") != wandb_run_id("other")
     assert all(c.isalnum() or c in "-_." for c in first)
+    assert wandb_run_id("x" * 96) != wandb_run_id("x" * 95 + "y")  # long names differ in the hash, not the prefix
 
 
-def test_plots_are_real_pngs_of_the_logged_curves(tmp_path):
-    history = [{"step": s, "loss": 0.7 - s / 100, "rewards/accuracies": s / 10, "rewards/margins": s / 50,
-                "rewards/chosen": s / 40, "rewards/rejected": -s / 40} for s in range(1, 8)]
-    history.append({"step": 7, "eval_loss": 0.6, "eval_rewards/accuracies": 0.7})
-    paths = write_plots(history, tmp_path / "plots")
-    assert [p.name for p in paths] == ["loss.png", "reward_accuracy.png", "reward_margin.png", "rewards.png"]
-    for path in paths:
-        with Image.open(path) as image:
-            assert image.format == "PNG" and image.size == (600, 350)
-    assert write_plots([], tmp_path / "none") == []
+def wandb_records(path: Path) -> list:
+    """The records of an offline run's .wandb file (LevelDB log format: 32 KiB blocks of chunks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, records, pending, pos = path.read_bytes(), [], b"", 7  # 7-byte ":W&B" header
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pending, pos = pending + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
 
 
-def test_json_logs_one_object_per_line_with_secrets_masked(monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_API_KEY", "canary-wandb-key")
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", list(root.handlers))  # restored after the test
-    setup_logging("json", ["canary-hub-token"])
-    logging.getLogger("x").info("key %s and %s", "canary-wandb-key", "canary-hub-token")
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    entry = json.loads(line)
-    assert entry["message"] == f"key {MASK} and {MASK}" and entry["level"] == "INFO" and entry["logger"] == "x"
+def logged_config(records: list) -> dict:
+    config = {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind in ("run", "config"):
+            for item in (record.run.config if kind == "run" else record.config).update:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config
+
+
+def train_begin_and_finish(settings, args) -> None:
+    """What the Trainer does with its callbacks at the start of training, then wandb's end of run."""
+    import wandb
+    from transformers import TrainerControl, TrainerState
+    from transformers.integrations import WandbCallback
+
+    from entrypoint.settings import public_dict
+
+    for callback in (WandbCallback(), SettingsToWandb(public_dict(settings))):  # the Trainer's order
+        callback.on_train_begin(args, TrainerState(), TrainerControl(), model=None)
+    wandb.log({"loss": 0.5})
+    wandb.finish()
+
+
+def test_offline_wandb_run_resumes_by_id_and_logs_redacted_settings(tmp_path, monkeypatch):
+    from entrypoint.settings import load_settings
+    from entrypoint.train import dpo_config
+
+    for name, value in {**CANARIES, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                        "DPO_REPORT_TO": "wandb", "DPO_BETA": "0.3"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_NAME"):  # setup_wandb sets them: restore after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    settings = load_settings()
+    for _attempt in range(2):  # a run, then its restart
+        setup_wandb("run-x")
+        train_begin_and_finish(settings, dpo_config(settings, tmp_path / "checkpoints", "run-x"))
+
+    attempts = [wandb_records(path) for path in sorted((tmp_path / "wandb").glob("offline-run-*/*.wandb"))]
+    runs = [next(r.run for r in records if r.WhichOneof("record_type") == "run") for records in attempts]
+    assert [(run.run_id, run.display_name) for run in runs] == [(wandb_run_id("run-x"), "run-x")] * 2
+    config = logged_config(attempts[-1])
+    assert config["job"]["beta"] == 0.3 and config["job"]["hub_token"] == "***" and config["beta"] == 0.3
+    assert config["hub_token"] == "<HUB_TOKEN>"  # the trainer's own to_dict() masks *_token fields
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert not [name for name, value in CANARIES.items() if value.encode() in path.read_bytes()], path
+
+
+@pytest.fixture
+def restore_logging(monkeypatch):
+    """setup_logging rewires the root and library loggers; put them back after the test."""
+    for name in ("", "transformers", "datasets"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+        monkeypatch.setattr(logger, "level", logger.level)
+    yield
+    logging.captureWarnings(False)
+
+
+def test_json_logs_one_object_per_line_with_secrets_masked(monkeypatch, capsys, restore_logging):
+    monkeypatch.setenv("WANDB_API_KEY", CANARIES["WANDB_API_KEY"])
+    setup_logging("json", [CANARIES["DPO_HUB_TOKEN"]])
+    logging.getLogger("x").info("key %s and %s", CANARIES["WANDB_API_KEY"], CANARIES["DPO_HUB_TOKEN"])
+    try:
+        raise RuntimeError(f"bad token {CANARIES['DPO_HUB_TOKEN']}")
+    except RuntimeError:
+        logging.getLogger("x").exception("failed")
+    first, second = (json.loads(line) for line in capsys.readouterr().err.strip().splitlines())
+    assert first["message"] == f"key {MASK} and {MASK}" and first["level"] == "INFO" and first["logger"] == "x"
+    assert first["time"].endswith("Z")
+    assert f"RuntimeError: bad token {MASK}" in second["exception"]
+
+
+def test_library_logs_and_warnings_come_out_in_the_same_format_masked(monkeypatch, capsys, restore_logging):
+    monkeypatch.setenv("HF_TOKEN", CANARIES["HF_TOKEN"])
+    setup_logging("json")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers.trainer").warning("token %s", CANARIES["HF_TOKEN"])
+    logging.getLogger("datasets.builder").warning("from datasets")
+    warnings.warn("careful", UserWarning, stacklevel=1)
+    entries = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert [(e["logger"], e["message"]) for e in entries[:2]] == [
+        ("transformers.trainer", f"token {MASK}"), ("datasets.builder", "from datasets")]
+    assert entries[2]["logger"] == "py.warnings" and "careful" in entries[2]["message"]
+
+
+def test_progress_lines_for_cloud_logs(caplog):
+    from transformers import TrainerControl, TrainerState
+
+    state = TrainerState(global_step=20, max_steps=100)
+    with caplog.at_level(logging.INFO, logger="entrypoint.progress"):
+        ProgressLogCallback().on_log(None, state, TrainerControl(), logs={
+            "loss": 0.61234, "rewards/accuracies": 0.75, "rewards/margins": 0.1, "grad_norm": 3.0})
+    assert caplog.messages == ["step 20/100: loss 0.6123, rewards/accuracies 0.75, rewards/margins 0.1"]
