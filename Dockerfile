@@ -1,12 +1,9 @@
 # dpo-job: DPO + QLoRA on LLaVA-NeXT, one image for `docker run --gpus all` and SkyPilot.
 # torch's CUDA 13 wheels bring their own CUDA libraries: the host needs only an NVIDIA driver
 # that supports CUDA 13 (R580 or newer) and the NVIDIA container toolkit.
-FROM python:3.11.14-slim-bookworm
-
-LABEL org.opencontainers.image.title="dpo-job" \
-      org.opencontainers.image.description="DPO with QLoRA on LLaVA-NeXT (and LLaVA 1.5, Idefics2, text LMs); publishes adapters to S3 and the Hub" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/dpo-job/dpo-job"
+# Base pinned by tag and by the digest of its multi-architecture index (taken offline from public
+# Dockerfiles pinning the same tag; refresh with `docker buildx imagetools inspect python:3.11.14-slim-bookworm`).
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -26,12 +23,26 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN python -m pip install --require-hashes --no-deps -r requirements.lock
 
-# Then the project itself, without dependencies (they are all in the lock).
+# Then the project itself, without dependencies (they are all in the lock; setuptools too, hence
+# no build isolation: nothing is fetched that the lock does not pin).
 COPY pyproject.toml README.md ./
 COPY entrypoint ./entrypoint
 RUN python -m pip install --no-deps --no-build-isolation . \
     && rm -rf build
 
 USER 1000:1000
+# Downloads (HF_HOME) and results outlive the container: mount volumes here.
 VOLUME ["/cache", "/outputs"]
+# Exactly what the end-to-end tests run. Several GPUs: --entrypoint python ... -m entrypoint.launch
 ENTRYPOINT ["python", "-m", "entrypoint"]
+
+# Last, so that a new commit changes only metadata (`make image` passes both).
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="dpo-job" \
+      org.opencontainers.image.description="DPO with QLoRA on LLaVA-NeXT (and LLaVA 1.5, Idefics2, text LMs); publishes adapters to S3 and the Hub" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/dpo-job/dpo-job" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"

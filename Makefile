@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SKY_VENV ?= .venv-sky
 # The CUDA build in requirements.lock is for the container; here the same torch version is
-# installed on its own (on a CPU machine point pip at a CPU build, e.g. PyTorch's CPU index).
+# installed on its own (on a CPU machine point pip at a CPU build: TORCH_INDEX=https://download.pytorch.org/whl/cpu).
 TORCH_SPEC ?= torch==$(shell sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements.lock)
+TORCH_INDEX ?=
 IMAGE ?= dpo-job:dev
 # What `make demo` runs: the embedded default (tiny LLaVA-NeXT, generated RLAIF-V sample, 4-bit QLoRA on CPU).
 DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES=64 DPO_MAX_STEPS=40 \
@@ -27,7 +28,7 @@ build/requirements-cpu.lock: requirements.lock
 $(VENV)/.installed: build/requirements-cpu.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r build/requirements-cpu.lock
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
@@ -46,9 +47,10 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check entrypoint tests bench
+	$(BIN)/ruff check entrypoint tests bench scripts
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/actionlint
+	$(BIN)/shellcheck scripts/*.sh .ci/run
+	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck
 
 # Regenerate both locks from the .in files (no downloads: uv resolves from the index metadata).
 lock:
@@ -67,7 +69,9 @@ docs: $(VENV)/.installed
 # Needs a Docker engine (none runs on the dev machines or in CI here: the tests lint the Dockerfile
 # and check it installs and runs exactly what they test).
 image:
-	docker build -t $(IMAGE) .
+	@docker info > /dev/null 2>&1 || { echo "make image: no Docker engine running here" >&2; exit 1; }
+	docker build -t $(IMAGE) --build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
+		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_job.py

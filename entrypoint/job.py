@@ -162,8 +162,12 @@ def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, proce
 
     state.reload()
     if state.done("prepared") and state.prepared_dir.is_dir():
-        log.info("reusing prepared data from %s", state.prepared_dir)
-        return load_prepared(state.prepared_dir, state.get("prepared"))
+        try:
+            data = load_prepared(state.prepared_dir, state.get("prepared"))
+            log.info("reusing prepared data from %s", state.prepared_dir)
+            return data
+        except (OSError, ValueError) as exc:  # on a bucket mount: cut off by a preemption, or not there yet
+            log.warning("prepared data in %s is incomplete (%s): preparing again", state.prepared_dir, exc)
     data = prepare(settings.dataset, settings.dataset_split, fmt_name=settings.dataset_format,
                    column_spec=settings.dataset_columns, seed=settings.seed, max_samples=settings.max_samples,
                    eval_fraction=settings.eval_fraction, max_eval_pairs=settings.max_eval_pairs,

@@ -1,42 +1,106 @@
-"""Start the job on every GPU of every node: `python -m entrypoint.launch` (used by sky/*.yaml).
+"""Start the job on every GPU of every node: `python -m entrypoint.launch` (what sky/*.yaml run).
 
 One process per GPU. DDP (the default) goes through torchrun; DeepSpeed ZeRO-2 and FSDP through
-`accelerate launch` with the ready configs in entrypoint/accelerate_configs/. Nodes and GPUs come from SkyPilot's
-variables (SKYPILOT_NODE_IPS, SKYPILOT_NODE_RANK, SKYPILOT_NUM_NODES, SKYPILOT_NUM_GPUS_PER_NODE);
-with one process in all, the job runs directly, so its exit codes (2, 75) reach SkyPilot as they are.
-Under torchrun or accelerate a worker's exit code is reported as 1; SkyPilot recovers a preempted
-cluster regardless, and `max_restarts_on_errors` covers the rest.
+`accelerate launch` with the ready configs in entrypoint/accelerate_configs/ (DPO_DISTRIBUTED picks).
+Nodes and GPUs come from SkyPilot's variables (SKYPILOT_NODE_IPS, SKYPILOT_NODE_RANK,
+SKYPILOT_NUM_NODES, SKYPILOT_NUM_GPUS_PER_NODE); elsewhere (`docker run --gpus all`) it is one node
+with every visible GPU. With one process in all, the job runs directly.
+
+Exit codes reach SkyPilot as the job's own: torchrun reports any failed worker as 1, so the launcher
+runs it in this process and passes the workers' code on (2: bad setting, never retried; 75: stopped
+by SIGTERM after saving, recovered). On SIGTERM (a spot notice) the workers get it too and have
+SHUTDOWN_TIMEOUT_S to finish the step and save before they are killed (torchrun's default is 30 s).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-from entrypoint.errors import EXIT_CONFIG, ConfigError
+from entrypoint.errors import EXIT_CONFIG, EXIT_PREEMPTED, ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "accelerate_configs"
 ACCELERATE_CONFIGS = {"deepspeed-zero2": "deepspeed_zero2.yaml", "fsdp": "fsdp_qlora.yaml"}
+TORCHRUN = "torch.distributed.run"
+ACCELERATE = "accelerate.commands.launch"
 PORT = "29500"
+SHUTDOWN_TIMEOUT_S = "120"  # AWS gives 2 minutes' notice; GCP and Azure 30 s
 
 
-def launch_command(environ: dict[str, str], distributed: str) -> list[str]:
-    """The command line for this node."""
-    nodes = int(environ.get("SKYPILOT_NUM_NODES", "1"))
-    rank = environ.get("SKYPILOT_NODE_RANK", "0")
+def launch_command(environ: dict[str, str], distributed: str, job_args: list[str] | None = None) -> list[str]:
+    """The command line for this node; `job_args` go to every `python -m entrypoint` (e.g. --dry-run)."""
+    nodes = int(environ.get("SKYPILOT_NUM_NODES") or "1")
+    rank = environ.get("SKYPILOT_NODE_RANK") or "0"
     gpus = int(environ.get("SKYPILOT_NUM_GPUS_PER_NODE") or "1")
     main_ip = (environ.get("SKYPILOT_NODE_IPS") or "127.0.0.1").split()[0]
+    job = ["-m", "entrypoint", *(job_args or [])]
     if nodes * gpus == 1:
-        return [sys.executable, "-m", "entrypoint"]
+        return [sys.executable, *job]
     if distributed == "ddp":
-        return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={rank}",
-                f"--nproc_per_node={gpus}", f"--master_addr={main_ip}", f"--master_port={PORT}",
-                "-m", "entrypoint"]
-    return [sys.executable, "-m", "accelerate.commands.launch",
+        where = ["--standalone"] if nodes == 1 else [  # standalone: a free port, several jobs on one host
+            f"--nnodes={nodes}", f"--node_rank={rank}", f"--master_addr={main_ip}", f"--master_port={PORT}"]
+        return [sys.executable, "-m", TORCHRUN, *where, f"--nproc_per_node={gpus}", *job]
+    return [sys.executable, "-m", ACCELERATE,
             "--config_file", str(CONFIG_DIR / ACCELERATE_CONFIGS[distributed]),
             "--num_machines", str(nodes), "--machine_rank", rank, "--num_processes", str(nodes * gpus),
-            "--main_process_ip", main_ip, "--main_process_port", PORT, "-m", "entrypoint"]
+            "--main_process_ip", main_ip, "--main_process_port", PORT, *job]
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def check_strategy(distributed: str) -> None:
+    """A strategy whose package is missing fails here, in a second, not after the model is downloaded."""
+    if distributed == "deepspeed-zero2" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("DPO_DISTRIBUTED=deepspeed-zero2 needs the `deepspeed` package, which is not in "
+                          "requirements.lock: add it to requirements.in, run `make lock`, rebuild; or use ddp/fsdp")
+
+
+def exit_code(worker_codes: Iterable[int]) -> int:
+    """The job's exit code from its failed workers' (as torchrun reports them).
+
+    When one worker fails, torchrun stops the others with SIGTERM: they exit 75 (in training) or
+    die of the signal, so those two count only when every worker agrees. SkyPilot restarts on 75
+    without limit: a worker's bug or bad setting must not turn into 75.
+    """
+    codes = {EXIT_PREEMPTED if code == -signal.SIGTERM else code for code in worker_codes}
+    if len(codes) > 1:
+        codes.discard(EXIT_PREEMPTED)
+    return codes.pop() if len(codes) == 1 and codes <= {EXIT_CONFIG, EXIT_PREEMPTED} else 1
+
+
+def run_workers(command: list[str]) -> int:
+    """Run torchrun / accelerate launch in this process, so the workers' exit codes are known here."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_S)
+    module, args = command[2], command[3:]
+    try:
+        if module == TORCHRUN:
+            from torch.distributed.run import parse_args, run
+
+            run(parse_args(args))
+        else:
+            from accelerate.commands.launch import launch_command as accelerate_launch
+            from accelerate.commands.launch import launch_command_parser
+
+            accelerate_launch(launch_command_parser().parse_args(args))
+    except ChildFailedError as exc:
+        codes = [failure.exitcode for failure in exc.failures.values()]
+        print(f"launch: workers exited with {codes}", file=sys.stderr, flush=True)
+        return exit_code(codes)
+    except SignalException as exc:  # the workers were sent the same signal and given time to save
+        print(f"launch: stopped by {exc.sigval.name}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED if exc.sigval == signal.SIGTERM else 128 + exc.sigval
+    return 0
 
 
 def main() -> int:
@@ -44,13 +108,17 @@ def main() -> int:
 
     try:
         settings = load_settings()  # a bad setting stops here, on every node, before any process starts
+        check_strategy(settings.distributed)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    command = launch_command(dict(os.environ), settings.distributed)
+    environ = dict(os.environ)
+    environ.setdefault("SKYPILOT_NUM_GPUS_PER_NODE", str(visible_gpus()))
+    command = launch_command(environ, settings.distributed, sys.argv[1:])
     print("launch:", " ".join(command), file=sys.stderr, flush=True)
-    os.execv(command[0], command)
-    return 1  # not reached
+    if command[2] == "entrypoint":
+        os.execv(command[0], command)  # one process: the job's exit code is the launcher's
+    return run_workers(command)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,38 @@
-"""The image: hadolint passes, and it installs and runs exactly what the tests exercise."""
+"""The image: hadolint passes, and it installs and runs exactly what the tests exercise.
+
+No Docker engine runs here, so the image is not built: these checks read the Dockerfile. The lock
+it installs is the one tests/test_project.py checks the test venv against, and its ENTRYPOINT is
+the command tests/conftest.py runs for every end-to-end test.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 from conftest import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
+                "AWS_SESSION_TOKEN")
 
 
 def instructions() -> list[tuple[str, str]]:
-    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", re.sub(r"^\s*#.*\n", "", DOCKERFILE, flags=re.M))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+
+
+def args_of(kind: str) -> list[str]:
+    return [arg for k, arg in instructions() if k == kind]
+
+
+def index_of(kind: str, contains: str) -> int:
+    return next(i for i, (k, arg) in enumerate(instructions()) if k == kind and contains in arg)
 
 
 def test_hadolint_passes_with_no_ignored_rule():
@@ -26,31 +42,62 @@ def test_hadolint_passes_with_no_ignored_rule():
     assert "hadolint ignore" not in DOCKERFILE and not (ROOT / ".hadolint.yaml").exists()
 
 
-def test_image_installs_the_tested_lock_and_project_and_runs_the_tested_command():
-    steps = instructions()
-    runs = [arg for kind, arg in steps if kind == "RUN"]
-    assert any("--require-hashes" in r and "-r requirements.lock" in r and "--no-deps" in r for r in runs)
-    assert any("install --no-deps" in r and r.rstrip().split("&&")[0].rstrip().endswith(" .") for r in runs)
-    # The end-to-end tests run `python -m entrypoint`; so does the container.
-    assert ("ENTRYPOINT", '["python", "-m", "entrypoint"]') in steps
-    import conftest
-
-    assert '"-m", "entrypoint"' in Path(conftest.__file__).read_text()
+def test_the_base_is_pinned_by_tag_and_digest():
+    [base] = args_of("FROM")
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base)
 
 
-def test_the_stack_layer_comes_before_the_code_and_the_user_is_not_root():
-    steps = instructions()
-    copies = [arg for kind, arg in steps if kind == "COPY"]
-    assert copies[0].startswith("requirements.lock")  # code changes do not reinstall the stack
-    lock_install = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "requirements.lock" in a)
-    code_copy = next(i for i, (k, a) in enumerate(steps) if k == "COPY" and a.startswith("entrypoint"))
-    assert lock_install < code_copy
-    user = [arg for kind, arg in steps if kind == "USER"]
-    assert user and user[-1].split(":")[0] not in ("0", "root")
-    assert any(k == "ENV" and "HF_HOME=/cache" in a for k, a in steps) and any(k == "VOLUME" for k, _ in steps)
-    assert not re.search(r"(HF_TOKEN|WANDB_API_KEY|AWS_SECRET_ACCESS_KEY)\s*=", DOCKERFILE)
+def test_image_installs_the_tested_lock_then_the_project_without_dependencies():
+    runs = args_of("RUN")
+    lock = [r for r in runs if "-r requirements.lock" in r]
+    assert lock and "--require-hashes" in lock[0] and "--no-deps" in lock[0]
+    project = [r for r in runs if re.search(r"pip install --no-deps .*(\s)\.(\s|$)", r)]
+    assert project and index_of("RUN", "requirements.lock") < index_of("RUN", project[0])
+    assert not any(re.search(r"pip install(?!.*(-r requirements\.lock|\s\.(\s|$)))", r) for r in runs), \
+        "every package comes from the lock"
 
 
-def test_the_build_context_holds_only_what_the_image_needs():
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ignored[ignored.index("*")] == "*" and "!requirements.lock" in ignored and "!entrypoint/" in ignored
+def test_image_runs_the_command_the_end_to_end_tests_run(monkeypatch):
+    [entrypoint] = args_of("ENTRYPOINT")
+    ran = []
+    monkeypatch.setattr(conftest.subprocess, "run", lambda command, **kwargs: ran.append(command))
+    conftest.run_job({})
+    assert ran[0][0] == sys.executable and entrypoint == '["python", "-m", "entrypoint"]'
+    assert ran[0][1:] == ["-m", "entrypoint"]
+
+
+def test_code_changes_do_not_reinstall_the_stack():
+    copies = args_of("COPY")
+    assert copies[0].split() == ["requirements.lock", "./"]
+    assert index_of("RUN", "requirements.lock") < index_of("COPY", "entrypoint")
+    assert index_of("LABEL", "revision") > index_of("RUN", "--no-deps --no-build-isolation")  # per-commit metadata
+
+
+def test_non_root_caches_on_a_volume_no_secrets_and_labels():
+    [user] = args_of("USER")
+    assert user.split(":")[0] not in ("0", "root")
+    assert "HF_HOME=/cache/huggingface" in " ".join(args_of("ENV")) and "/cache" in " ".join(args_of("VOLUME"))
+    declared = " ".join(args_of("ENV") + args_of("ARG"))
+    assert not any(name in declared for name in SECRET_NAMES)
+    labels = " ".join(args_of("LABEL"))
+    for key in ("title", "source", "licenses", "version", "revision"):
+        assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_the_build_context_holds_only_what_the_image_copies():
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"
+
+    def sent(path: str) -> bool:  # the last matching rule wins, as in Docker
+        keep = False
+        for rule in rules:
+            negated, pattern = rule.startswith("!"), rule.lstrip("!").rstrip("/")
+            if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+                keep = negated
+        return keep
+
+    for copy in args_of("COPY"):
+        for source in copy.split()[:-1]:
+            assert sent(source), f"{source} is copied but not in the build context"
+    assert not sent(".venv") and not sent("outputs") and not sent(".git") and not sent("tests/conftest.py")

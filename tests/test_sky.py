@@ -1,12 +1,17 @@
-"""SkyPilot YAMLs: valid for skypilot's own loader (offline), plus what that loader does not check."""
+"""SkyPilot YAMLs: valid for skypilot's own loader (offline), plus what that loader does not check.
+
+The loader runs in .venv-sky (skypilot's dependencies conflict with the runtime lock), through the
+same function `sky jobs launch --env ...` uses, and reports what it understood as JSON; the checks on
+that (GPU names, job_recovery, secrets, DPO_* settings) are the project's.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 import pytest
-import yaml
 
 from conftest import ROOT
 from entrypoint.errors import EXIT_CONFIG, EXIT_PREEMPTED
@@ -16,11 +21,37 @@ YAMLS = sorted((ROOT / "sky").glob("*.yaml"))
 KNOWN_GPUS = {"A100", "A100-80GB", "H100", "H200", "L4", "L40S", "A10G"}
 JOB_RECOVERY_KEYS = {"strategy", "max_restarts_on_errors", "recover_on_exit_codes"}
 SECRETS = {"HF_TOKEN", "WANDB_API_KEY"}
+BUCKET = "RUN_BUCKET"
+SETUP = ROOT / "scripts" / "sky_setup.sh"
+needs_sky = pytest.mark.skipif(not SKY_PYTHON.exists(), reason="no .venv-sky: `make install` creates it")
+
+LOAD = """
+import json, sys
+from sky.utils import dag_utils
+for path in sys.argv[1:]:
+    [task] = dag_utils.load_chain_dag_from_yaml(path, env_overrides=[("RUN_BUCKET", "my-dpo-runs")]).tasks
+    print(json.dumps({"path": path, "num_nodes": task.num_nodes, "envs": dict(task.envs),
+                      "secrets": sorted(ref.name for ref in task.managed_secret_refs),
+                      "resources": [{"accelerators": r.accelerators, "use_spot": r.use_spot,
+                                     "job_recovery": r.job_recovery} for r in task.resources],
+                      "mounts": {k: [s.name, s.mode.value] for k, s in task.storage_mounts.items()},
+                      "setup": task.setup, "run": task.run}))
+"""
 
 
-def accelerators(task: dict) -> dict[str, int]:
-    """`{A100:1, H100:1}` reads in YAML as keys "A100:1", "H100:1" (SkyPilot parses them itself)."""
-    return {key.split(":")[0]: int(key.split(":")[1]) for key in task["resources"]["accelerators"]}
+def sky(code: str, *args: str, home) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SKY_PYTHON), "-c", code, *args], env={"HOME": str(home)}, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory) -> dict[str, dict]:
+    """Every YAML as skypilot's loader reads it (HOME in a temp dir: it writes ~/.sky)."""
+    if not SKY_PYTHON.exists():
+        pytest.skip("no .venv-sky: `make install` creates it")
+    result = sky(LOAD, *map(str, YAMLS), home=tmp_path_factory.mktemp("home"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {json.loads(line)["path"]: json.loads(line) for line in result.stdout.splitlines()}
 
 
 def test_there_is_a_main_task_a_multinode_one_and_the_presets():
@@ -28,47 +59,58 @@ def test_there_is_a_main_task_a_multinode_one_and_the_presets():
                                       "idefics2.yaml"}
 
 
-@pytest.mark.skipif(not SKY_PYTHON.exists(), reason="run `make install` to create .venv-sky")
-def test_skypilot_loads_every_yaml_and_rejects_a_typo(tmp_path):
-    code = ("import sys, sky\nfor path in sys.argv[1:]:\n    task = sky.Task.from_yaml(path)\n"
-            "    print(path, task.num_nodes)\n")
-    result = subprocess.run([str(SKY_PYTHON), "-c", code, *map(str, YAMLS)], env={"HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+@needs_sky
+def test_the_loader_rejects_a_typo_and_a_missing_bucket(tmp_path):
     typo = tmp_path / "typo.yaml"
     typo.write_text((ROOT / "sky" / "llava_next.yaml").read_text().replace("use_spot:", "use_spott:"))
-    rejected = subprocess.run([str(SKY_PYTHON), "-c", code, str(typo)], env={"HOME": str(tmp_path)},
-                              capture_output=True, text=True, timeout=120, check=False)
+    rejected = sky(LOAD, str(typo), home=tmp_path)
     assert rejected.returncode != 0 and "use_spott" in rejected.stderr
+    no_bucket = sky("import sky, sys; sky.Task.from_yaml(sys.argv[1])", str(ROOT / "sky" / "llava_next.yaml"),
+                    home=tmp_path)
+    assert no_bucket.returncode != 0 and f"{BUCKET!r} is None" in no_bucket.stderr  # --env RUN_BUCKET is required
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
-def test_the_project_checks_the_loader_lacks(path, monkeypatch):
+def test_the_project_checks_the_loader_lacks(path, loaded, monkeypatch):
     from entrypoint.settings import load_settings
 
+    task = loaded[str(path)]
     text = path.read_text()
-    task = yaml.safe_load(text)
-    assert re.search(r"^#\s+sky (jobs )?launch .*" + re.escape(f"sky/{path.name}"), text, flags=re.M)
-    resources = task["resources"]
-    assert resources["use_spot"] is True
-    gpus = set(accelerators(task))
-    assert gpus <= KNOWN_GPUS and {"A100", "A100-80GB", "H100"} <= gpus
-    recovery = resources["job_recovery"]
-    assert set(recovery) <= JOB_RECOVERY_KEYS
-    assert EXIT_PREEMPTED in recovery["recover_on_exit_codes"] and EXIT_CONFIG not in recovery[
-        "recover_on_exit_codes"]
-    assert set(task["secrets"]) == SECRETS and all(v is None for v in task["secrets"].values())
-    mount = task["file_mounts"]["/checkpoints"]
-    assert mount["mode"] in ("MOUNT", "MOUNT_CACHED")
-    for variable in re.findall(r"\$\{(\w+)\}", yaml.safe_dump(task["file_mounts"])):
-        assert variable in task["envs"]
-    assert "DPO_CHECKPOINT_DIR=/checkpoints/" in task["run"] and "entrypoint.launch" in task["run"]
+    assert re.search(rf"^#\s+sky jobs launch sky/{re.escape(path.name)} .*--env {BUCKET}=", text, flags=re.M)
+    gpus = {}
+    for resources in task["resources"]:  # one entry per accelerator candidate
+        assert resources["use_spot"] is True
+        gpus.update(resources["accelerators"])
+        recovery = resources["job_recovery"]
+        assert set(recovery) <= JOB_RECOVERY_KEYS and recovery["max_restarts_on_errors"] > 0
+        assert recovery["recover_on_exit_codes"] == [EXIT_PREEMPTED] and EXIT_CONFIG not in recovery[
+            "recover_on_exit_codes"]
+    assert set(gpus) <= KNOWN_GPUS and {"A100", "A100-80GB", "H100"} <= set(gpus)
+    assert set(task["secrets"]) == SECRETS and not SECRETS & set(task["envs"])
+    assert task["mounts"] == {"/runs": ["my-dpo-runs", "MOUNT_CACHED"]}
+    assert "DPO_CHECKPOINT_DIR=/runs/$DPO_RUN_NAME/" in task["run"] and "DPO_OUTPUT_DIR=/runs/$DPO_RUN_NAME/" in task[
+        "run"]
+    assert task["setup"].strip() == "bash scripts/sky_setup.sh"
+    assert task["run"].strip().endswith("~/dpo-venv/bin/python -m entrypoint.launch")
     for key, value in task["envs"].items():  # every DPO_* is a setting the job accepts, with a valid value
         if key.startswith("DPO_"):
-            monkeypatch.setenv(key, str(value))
+            monkeypatch.setenv(key, value)
     load_settings()
 
 
-def test_multinode_task_spans_nodes_with_several_gpus_each():
-    task = yaml.safe_load((ROOT / "sky" / "llava_next_multinode.yaml").read_text())
-    assert task["num_nodes"] >= 2 and all(count > 1 for count in accelerators(task).values())
+def test_multinode_task_spans_nodes_with_several_gpus_each(loaded):
+    task = loaded[str(ROOT / "sky" / "llava_next_multinode.yaml")]
+    assert task["num_nodes"] >= 2
+    assert all(count > 1 for r in task["resources"] for count in r["accelerators"].values())
+    assert task["envs"]["DPO_DISTRIBUTED"] == "ddp"
+
+
+def test_setup_installs_what_the_tests_and_the_image_install():
+    """The VMs get the hashed lock and the project, like the Dockerfile, in the Python the lock is for."""
+    lines = [line for line in SETUP.read_text().splitlines() if line and not line.startswith("#")]
+    assert any("--python 3.11" in line and " venv " in line for line in lines)
+    assert any("--require-hashes" in line and "--no-deps" in line and "-r requirements.lock" in line for line in lines)
+    assert any("--no-deps" in line and line.rstrip().endswith(" .") for line in lines)
+    assert "-m entrypoint" in lines[-1]
+    result = subprocess.run(["bash", "-n", str(SETUP)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

@@ -115,7 +115,16 @@ def load_model(model: ModelRef, quantization: str, distributed: str = "ddp") -> 
     dtype = compute_dtype()
     sharded = distributed != "ddp"
     model_class = getattr(transformers, model.family.model_class)
-    return model_class.from_pretrained(
+    loaded = model_class.from_pretrained(
         model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"), dtype=dtype,
         quantization_config=quantization_config(quantization, model.family, dtype, distributed == "fsdp"),
         device_map=device_map(sharded))
+    _keep_present_layer_classes(loaded)
+    return loaded
+
+
+def _keep_present_layer_classes(model: Any) -> None:
+    """FSDP wraps each class named in `_no_split_modules` and fails on one the model lacks: transformers
+    merges CLIP's whole list (CLIPTextEmbeddings too) into LLaVA's, whose CLIP has no text tower."""
+    present = {type(module).__name__ for module in model.modules()}
+    model._no_split_modules = {name for name in model._no_split_modules or () if name in present}
