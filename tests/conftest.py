@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,18 @@ def run_job(env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.C
     """`python -m entrypoint` as the container runs it."""
     return subprocess.run([sys.executable, "-m", "entrypoint", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def start_job(env: dict[str, str]) -> subprocess.Popen:
+    """`python -m entrypoint` in the background, to be killed or signalled mid-run."""
+    return subprocess.Popen([sys.executable, "-m", "entrypoint"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Until `path` exists (e.g. a checkpoint's completion marker), while the job still runs."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.05)

@@ -12,7 +12,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from conftest import ROOT, job_env, run_job
+from conftest import ROOT, job_env, run_job, start_job, wait_for
+from entrypoint import checkpoints
 from s3_server import FaultyProxy, moto_server
 
 BUCKET = "dpo-runs"
@@ -67,12 +68,8 @@ def test_canaries_appear_in_no_output_upload_tracker_file_or_log(tmp_path, cache
 def test_restart_continues_the_same_wandb_run(tmp_path, cache_dir, s3_endpoint):
     output, wandb_dir = tmp_path / "run", tmp_path / "wandb"
     env = env_for(cache_dir, output, s3_endpoint, wandb_dir, max_steps="12", save_steps="3")
-    process = subprocess.Popen([sys.executable, "-m", "entrypoint"], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not (output / "checkpoints" / "checkpoint-3" / "dpo_checkpoint.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    process = start_job(env)
+    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.MARKER, process)
     process.kill()
     process.wait()
     assert run_job(env).returncode == 0

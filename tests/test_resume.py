@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, job_env, run_job
+from conftest import job_env, run_job, start_job, wait_for
 from entrypoint import checkpoints
 from entrypoint.errors import EXIT_PREEMPTED
 from entrypoint.outputs import sha256_file
@@ -20,19 +18,6 @@ from entrypoint.outputs import sha256_file
 RUN = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="12",
            per_device_train_batch_size="4", gradient_accumulation_steps="1", learning_rate="5e-3",
            logging_steps="2", eval_fraction="0.2", eval_generations="0", save_steps="3", save_total_limit="2")
-
-
-def start_job(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "entrypoint"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, f"timed out waiting for {path}"
-        time.sleep(0.05)
 
 
 def adapter_sha(output: Path) -> str:
