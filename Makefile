@@ -16,7 +16,7 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_FRACTION=0.25 DPO_OUTPUT_DIR=outputs/demo \
 	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
 
-.PHONY: install demo test lint lock docs image bench clean
+.PHONY: install demo test lint lock docs image bench bench-gpu clean
 
 install: $(VENV)/.installed $(SKY_VENV)/.installed
 
@@ -62,7 +62,7 @@ lock:
 	$(BIN)/uv pip compile requirements-sky.in -o requirements-sky.lock --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
 
-# The settings reference in README.md, generated from entrypoint/settings.py.
+# The settings reference and the image-token table in README.md, generated from the code.
 docs: $(VENV)/.installed
 	$(BIN)/python -m entrypoint.reference --write README.md
 
@@ -75,6 +75,10 @@ image:
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_job.py
+
+# LLaVA-NeXT-Mistral-7B QLoRA DPO at 1 tile and full anyres vs the memory plan (on a CPU: the shapes: model).
+bench-gpu: $(VENV)/.installed
+	$(BIN)/python bench/bench_gpu.py
 
 clean:
 	rm -rf build outputs .pytest_cache

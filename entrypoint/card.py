@@ -37,6 +37,28 @@ def _metrics_table(before: dict[str, float], after: dict[str, float]) -> list[st
     return lines
 
 
+def _data_section(report: dict[str, Any]) -> list[str]:
+    """What went in, and what was left out and why: a reader must know when the data was not all used."""
+    lines = ["## Data", "",
+             f"`{report.get('source')}`: {report.get('rows_used')} of {report.get('rows_read')} rows used, "
+             f"{report.get('pairs')} pairs ({report.get('train_pairs')} train, {report.get('eval_pairs')} eval).", ""]
+    dropped = report.get("dropped") or {}
+    if dropped:
+        lines += ["Rows dropped:", "", *(f"- {count}: {reason}" for reason, count in dropped.items()), ""]
+    else:
+        lines += ["No rows were dropped.", ""]
+    tokens = report.get("tokens")
+    if tokens:
+        pair, image = tokens["pair_tokens"], tokens["image_tokens_per_image"]
+        lines += [f"Tokens a pair (prompt + the longer answer): p50 {pair['p50']}, p95 {pair['p95']}, max "
+                  f"{pair['max']}, with `max_length` {tokens['max_length']}"
+                  + (f"; {tokens['answers_cut']} pairs had an answer cut by it." if tokens["answers_cut"] else ".")]
+        if image["images"]:
+            lines.append(f"Tokens an image: p50 {image['p50']}, p95 {image['p95']}, max {image['max']}.")
+        lines.append("")
+    return lines
+
+
 def _plots_section(plots: list[str]) -> list[str]:
     """Relative links: the PNGs travel in the adapter folder (plots/), to the Hub too."""
     if not plots:
@@ -45,10 +67,13 @@ def _plots_section(plots: list[str]) -> list[str]:
 
 
 def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: dict[str, Any],
-           plots: list[str] = ()) -> str:
+           plots: list[str] = (), load_kwargs: dict[str, Any] | None = None) -> str:
+    """`load_kwargs`: config values the base model needs to match this adapter's processor (the image
+    grid DPO_MAX_IMAGE_TILES chose)."""
     values = settings.model_dump(mode="json")
     loader = "AutoModelForCausalLM" if not model.family.vision else model.family.model_class
     processor = "AutoProcessor" if model.family.vision else "AutoTokenizer"
+    extra = "".join(f", {key}={value!r}" for key, value in (load_kwargs or {}).items())
     lines = [
         "---", yaml.safe_dump(_metadata(settings, model), sort_keys=False).strip(), "---", "",
         f"# DPO LoRA adapter for {settings.model}", "",
@@ -60,12 +85,15 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
         "## Evaluation (held-out pairs)", "",
         "Before = the base model (at step 0 the policy equals the reference, so its rewards are 0).", "",
         *_metrics_table(metrics.get("eval_before", {}), metrics.get("eval_after", {})), "",
+        *_data_section(report),
         *_plots_section(plots),
         "## How to load", "",
         "```python",
         f"from transformers import {loader}, {processor}",
         "from peft import PeftModel", "",
-        f'base = {loader}.from_pretrained("{model.source}")',
+        *(["# the image grid this adapter was trained with (DPO_MAX_IMAGE_TILES), as in its processor"]
+          if extra else []),
+        f'base = {loader}.from_pretrained("{model.source}"{extra})',
         'model = PeftModel.from_pretrained(base, "<this repo or folder>")',
         f'processor = {processor}.from_pretrained("<this repo or folder>")',
         "```", "",
@@ -74,7 +102,7 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
 
 
 def write_model_card(adapter_dir: Path, settings: JobSettings, model: Any, report: dict[str, Any],
-                     metrics: dict[str, Any], plots: list[str] = ()) -> Path:
+                     metrics: dict[str, Any], plots: list[str] = (), load_kwargs: dict[str, Any] | None = None) -> Path:
     path = adapter_dir / "README.md"
-    path.write_text(render(settings, model, report, metrics, plots))
+    path.write_text(render(settings, model, report, metrics, plots, load_kwargs))
     return path

@@ -65,14 +65,35 @@ def preflight(settings: JobSettings, paths: RunPaths) -> Any:
     return model
 
 
-def training_args(settings: JobSettings, paths: RunPaths) -> Any:
-    """DPOConfig; an invalid combination of DPO_* settings is a config error, found before loading."""
-    from entrypoint.train import dpo_config
+def training_args(settings: JobSettings, paths: RunPaths, family: Any) -> Any:
+    """DPOConfig; an invalid combination of DPO_* settings (for this model family too) is a config error,
+    found before loading."""
+    from entrypoint.train import check_vision_args, dpo_config
 
     try:
-        return dpo_config(settings, paths.checkpoint_dir, paths.run_name)
+        args = dpo_config(settings, paths.checkpoint_dir, paths.run_name)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"training settings: {str(exc).splitlines()[0]}") from None
+    check_vision_args(args, family)
+    return args
+
+
+DRY_RUN_ROWS = 200  # rows a dry run measures: enough for p95 token lengths, seconds to prepare
+
+
+def plan_from_a_sample(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any) -> None:
+    """--dry-run: the processor, a sample of the data measured as the run will measure it (token
+    lengths, drops), and the memory plan from them; no weights are loaded."""
+    from entrypoint.data.stage import log_data_report, prepare_pairs
+    from entrypoint.models.loading import load_processor
+    from entrypoint.plan import check_memory
+
+    processor = load_processor(model_ref, settings.max_image_tiles)
+    rows = min(settings.max_samples or DRY_RUN_ROWS, DRY_RUN_ROWS)
+    data = prepare_pairs(settings, paths.cache_dir, processor, model_ref.family, args.max_length, max_samples=rows,
+                         peek=True)
+    log_data_report(data.report, sample=True)
+    check_memory(settings, model_ref, processor, data.report)
 
 
 @dataclass(frozen=True)
@@ -105,13 +126,14 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
 
     # ---- checks (no weights loaded)
     model_ref = preflight(settings, paths)
-    args = training_args(settings, paths)
+    args = training_args(settings, paths, model_ref.family)
     ranks = _ranks()
     with ranks.main_process_first():  # rank 0 may wipe old state (DPO_RESUME=never) before others read it
         state = RunState.open(paths.checkpoint_dir, settings, writer=ranks.is_main_process)
     log.info("model %s (%s), dataset %s", model_ref.source, model_ref.family.name, settings.dataset)
     if dry_run:
-        log.info("dry run: settings, model and dataset are fine")
+        plan_from_a_sample(settings, paths, model_ref, args)
+        log.info("dry run: settings, model, data and memory plan are fine")
         return None
 
     manifest = paths.output_dir / outputs.MANIFEST
@@ -153,35 +175,6 @@ def _ranks() -> Any:
     return PartialState()
 
 
-def prepared_data(settings: JobSettings, paths: RunPaths, state: RunState, processor: Any, vision: bool,
-                  max_length: int | None) -> Any:
-    """Pairs ready for the trainer: reused from the checkpoint dir when a previous attempt made them."""
-    from entrypoint.data.budget import PromptLength
-    from entrypoint.data.images import size_limit
-    from entrypoint.data.prepare import load_prepared, prepare, save_prepared
-
-    state.reload()
-    if state.done("prepared") and state.prepared_dir.is_dir():
-        try:
-            data = load_prepared(state.prepared_dir, state.get("prepared"))
-            log.info("reusing prepared data from %s", state.prepared_dir)
-            return data
-        except (OSError, ValueError) as exc:  # on a bucket mount: cut off by a preemption, or not there yet
-            log.warning("prepared data in %s is incomplete (%s): preparing again", state.prepared_dir, exc)
-    data = prepare(settings.dataset, settings.dataset_split, fmt_name=settings.dataset_format,
-                   column_spec=settings.dataset_columns, seed=settings.seed, max_samples=settings.max_samples,
-                   eval_fraction=settings.eval_fraction, max_eval_pairs=settings.max_eval_pairs,
-                   limit=size_limit(processor.image_processor) if vision else None, cache_dir=paths.cache_dir,
-                   prompt_length=PromptLength(processor) if vision else None, max_length=max_length,
-                   num_proc=settings.dataset_num_proc)
-    if "images" in data.train.column_names and not vision:
-        raise ConfigError(f"DPO_DATASET={settings.dataset} has images but DPO_MODEL={settings.model} is text-only")
-    if state.writer:
-        save_prepared(data, state.prepared_dir)
-    state.mark("prepared", data.report)
-    return data
-
-
 def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, state: RunState,
                        ranks: Any) -> dict[str, Any]:
     """Data, model, training (resumed where checkpoints exist), evaluation; rank 0 writes the results."""
@@ -189,17 +182,21 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     from transformers.trainer_callback import PrinterCallback
 
     from entrypoint import checkpoints
+    from entrypoint.data.stage import log_data_report, prepared_data
     from entrypoint.evaluate import reward_metrics, sample_generations
     from entrypoint.logs import ProgressLogCallback
+    from entrypoint.models.image_tokens import model_overrides
     from entrypoint.models.loading import load_model, load_processor
+    from entrypoint.plan import as_dict, check_memory, peak_allocated_gib
     from entrypoint.tracking import SettingsToWandb, setup_wandb
     from entrypoint.train import build_trainer
 
-    # ---- data (checked before the model is loaded: a data problem costs no GPU time)
-    processor = load_processor(model_ref)
+    # ---- data and the memory plan (checked before the model is loaded: a problem costs no GPU time)
+    processor = load_processor(model_ref, settings.max_image_tiles)
     with ranks.main_process_first():  # rank 0 prepares and saves; the others then load what it saved
-        data = prepared_data(settings, paths, state, processor, model_ref.family.vision, args.max_length)
-    log.info("data: %s", data.report)
+        data = prepared_data(settings, paths.cache_dir, state, processor, model_ref.family, args.max_length)
+    log_data_report(data.report)
+    plan = check_memory(settings, model_ref, processor, data.report)
 
     # ---- model and trainer
     set_seed(settings.seed)
@@ -212,7 +209,7 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     if settings.report_to == "wandb":
         setup_wandb(paths.run_name)
         callbacks.append(SettingsToWandb(public_dict(settings)))
-    model = load_model(model_ref, settings.quantization, settings.distributed)
+    model = load_model(model_ref, settings.quantization, settings.distributed, processor)
     trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; ProgressLogCallback logs instead
 
@@ -238,14 +235,16 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
 
     metrics = {"train": {**result.metrics, "global_step": result.global_step, "wall_seconds": train_seconds,
                          "resumed_from": resume_from.name if resume_from else None},
+               "memory": {"plan": as_dict(plan), "peak_allocated_gib": peak_allocated_gib()},
                "eval_before": before, "eval_after": after, "history": trainer.state.log_history,
                "samples": samples}
-    write_results(settings, paths, model_ref, args, data.report, metrics)
+    load_kwargs = model_overrides(model_ref.family, processor) if settings.max_image_tiles else {}
+    write_results(settings, paths, model_ref, args, data.report, metrics, load_kwargs)
     return metrics
 
 
 def write_results(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, report: dict[str, Any],
-                  metrics: dict[str, Any]) -> None:
+                  metrics: dict[str, Any], load_kwargs: dict[str, Any] | None = None) -> None:
     """Rank 0, after the adapter is saved: plots, card, data report, metrics, config; the manifest last."""
     from entrypoint.card import write_model_card
     from entrypoint.plots import write_plots
@@ -256,7 +255,7 @@ def write_results(settings: JobSettings, paths: RunPaths, model_ref: Any, args: 
         (paths.adapter_dir / outputs.PLOTS_DIR).mkdir(exist_ok=True)
         shutil.copy2(plot, paths.adapter_dir / outputs.PLOTS_DIR / plot.name)
     write_model_card(paths.adapter_dir, settings, model_ref, report, metrics,
-                     [f"{outputs.PLOTS_DIR}/{p.name}" for p in plots])
+                     [f"{outputs.PLOTS_DIR}/{p.name}" for p in plots], load_kwargs)
     outputs.write_json(paths.output_dir / outputs.DATA_REPORT, report)
     outputs.write_json(paths.output_dir / outputs.METRICS, metrics)
     outputs.write_json(paths.output_dir / outputs.CONFIG, {"run_name": paths.run_name, **public_dict(settings),

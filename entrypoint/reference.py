@@ -88,15 +88,58 @@ def _is_job_default(var: str) -> bool:
 
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
+TOKENS_START, TOKENS_END = "<!-- image-tokens:start -->", "<!-- image-tokens:end -->"
+
+# The image-token table: sizes (width x height) and columns (family, DPO_MAX_IMAGE_TILES, DPO_IMAGE_MAX_PIXELS).
+TABLE_SIZES = [(336, 336), (640, 480), (1024, 768), (1920, 1080), (4000, 3000), (300, 1200), (2000, 500), (50, 50)]
+TABLE_COLUMNS = [("llava-next", None, None), ("llava-next", 2, None), ("llava-next", 1, None),
+                 ("llava-next", None, 336 * 336), ("llava", None, None), ("idefics2", None, None),
+                 ("idefics2", 1, None)]
+
+
+def image_token_markdown() -> str:
+    """Tokens an image takes for each family and setting, measured with the published processors (the
+    `shapes:` models') after the job's own image cleaning: the numbers a run's token budget uses."""
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from entrypoint.data.images import clean_image, size_limit
+    from entrypoint.models.families import FAMILIES
+    from entrypoint.models.image_tokens import ImageTokens, limit_tiles
+    from entrypoint.models.published import PUBLISHED
+    from entrypoint.models.shapes import build_shapes
+
+    columns, header = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, tiles, pixels in TABLE_COLUMNS:
+            processor = AutoProcessor.from_pretrained(build_shapes(family, Path(tmp) / family))
+            limit_tiles(FAMILIES[family], processor, tiles)
+            count, limit = ImageTokens(processor), size_limit(processor.image_processor, pixels)
+            columns.append([count(clean_image(Image.new("RGB", size), limit).size) for size in TABLE_SIZES])
+            setting = (f"`DPO_MAX_IMAGE_TILES={tiles}`" if tiles else f"`DPO_IMAGE_MAX_PIXELS={pixels}`" if pixels
+                       else "default")
+            header.append(f"{PUBLISHED[family].repo.split('/')[1]}<br>{setting}")
+    lines = ["| image (w x h) | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for i, (width, height) in enumerate(TABLE_SIZES):
+        lines.append(f"| {width}x{height} | " + " | ".join(f"{column[i]:,}" for column in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_block(text: str, start: str, end: str, body: str) -> str:
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    return f"{head}{start}\n{body}{end}{tail}"
 
 
 def update_readme(path: str) -> bool:
-    """Replace the generated block in the README; returns whether it changed."""
+    """Replace the generated blocks in the README; returns whether it changed."""
     with open(path) as handle:
         text = handle.read()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    new = f"{head}{START}\n{markdown()}{END}{tail}"
+    new = _replace_block(text, START, END, markdown())
+    new = _replace_block(new, TOKENS_START, TOKENS_END, image_token_markdown())
     if new != text:
         with open(path, "w") as handle:
             handle.write(new)

@@ -41,8 +41,10 @@ class JobSettings(BaseSettings):
 
     # --- model
     model: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description=(
-        "Base model: a Hub id, a local model directory, or `tiny:<family>` (a tiny randomly "
-        "initialised model built offline in seconds; families: llava-next, llava, idefics2, causal-lm)."))
+        "Base model: a Hub id, a local model directory, `tiny:<family>` (a tiny randomly initialised model "
+        "built offline in seconds) or `shapes:<family>` (the published checkpoint's processor, chat template and "
+        "module tree at narrow widths: real image-token counts on a CPU); families: llava-next, llava, idefics2, "
+        "causal-lm."))
     model_family: Literal["auto", "llava-next", "llava", "idefics2", "causal-lm"] = Field("auto", description=(
         "Model family; `auto` reads it from the model's config.json."))
     model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
@@ -51,7 +53,7 @@ class JobSettings(BaseSettings):
     # --- data
     dataset: str = Field("openbmb/RLAIF-V-Dataset", description=(
         "Preference data: a Hub dataset id, `s3://bucket/key` (a file or a prefix), a local parquet/jsonl/json/csv "
-        "file or directory, or `sample:<name>` (generated offline; names: rlaif-v, vqa-rad, text)."))
+        "file or directory, or `sample:<name>` (generated offline; names: rlaif-v, rlaif-v-photos, vqa-rad, text)."))
     dataset_format: Literal["auto", "rlaif-v", "vqa-rad", "preference"] = Field("auto", description=(
         "How rows become prompt/chosen/rejected pairs; `auto` picks it from the columns."))
     dataset_columns: str = Field("", description=(
@@ -62,7 +64,18 @@ class JobSettings(BaseSettings):
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Fraction of pairs held out for evaluation.")
     max_eval_pairs: int = Field(256, gt=0, description=(
         "At most this many eval pairs (evaluation runs before and after)."))
-    # --- LoRA
+    max_drop_fraction: float = Field(0.1, ge=0, le=1, description=(
+        "Most of the pairs the token budget may drop (prompt with its image tokens reaching DPO_MAX_LENGTH) "
+        "before the job refuses to start (exit 2, naming the setting that keeps them)."))
+    # --- images
+    max_image_tiles: int | None = Field(None, gt=0, description=(
+        "Image tokens: LLaVA-NeXT keeps only the grid pinpoints of at most this many tiles beside the base image, "
+        "in the processor and the model config alike (1: ~1,200 tokens an image instead of up to ~2,900); "
+        "Idefics2 splits images into 4 crops only at 4 or more; LLaVA 1.5 always takes 576. Unset: the model's own."))
+    image_max_pixels: int | None = Field(None, ge=1024, description=(
+        "Shrink every image to at most this many pixels (width x height), aspect ratio kept, before the "
+        "processor: less time and memory for every family; LLaVA-NeXT's anyres picks smaller grids for smaller "
+        "images (at 112896 = 336x336, about as few tokens as DPO_MAX_IMAGE_TILES=2)."))    # --- LoRA
     lora_r: int = Field(16, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
@@ -98,6 +111,8 @@ class JobSettings(BaseSettings):
         "Log lines as text, or one JSON object per line (for log collectors)."))
     report_to: Literal["none", "wandb"] = Field("none", description=(
         "Experiment tracking. `wandb` reads WANDB_API_KEY / WANDB_PROJECT / WANDB_MODE as usual."))
+    memory_check: bool = Field(True, description=(
+        "On a GPU, refuse to start (exit 2) when the memory plan says the run does not fit; `false` starts anyway."))
     eval_generations: int = Field(2, ge=0, description=(
         "Number of eval prompts to generate answers for, before and after training, in metrics.json."))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from entrypoint.errors import ConfigError
 from entrypoint.models.families import Family
 from entrypoint.settings import JobSettings, trainer_overrides
 
@@ -38,6 +39,25 @@ def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> An
     kwargs.setdefault("disable_tqdm", not progress_is_a_bar())  # plain log lines in cloud logs
     return DPOConfig(output_dir=str(checkpoint_dir), run_name=run_name, seed=settings.seed,
                      report_to=[] if settings.report_to == "none" else [settings.report_to], **kwargs)
+
+
+# DPOConfig values TRL refuses (or silently ignores) for vision-language data, with the fix.
+_NOT_FOR_VISION = {
+    "truncation_mode": ("keep_end", "image tokens sit in the prompt, which keep_end cuts; use keep_start"),
+    "precompute_ref_log_probs": (True, "not supported for vision data; leave it false"),
+    "padding_free": (True, "TRL turns it off for vision data; leave it false"),
+}
+
+
+def check_vision_args(args: Any, family: Family) -> None:
+    """The DPOConfig combinations TRL refuses for vision models fail here, before any model is loaded."""
+    if not family.vision:
+        return
+    for name, (value, fix) in _NOT_FOR_VISION.items():
+        if getattr(args, name) == value:
+            raise ConfigError(f"DPO_{name.upper()}={value}: {fix} ({family.name} is a vision-language model)")
+    if args.pad_to_multiple_of is not None:
+        raise ConfigError("DPO_PAD_TO_MULTIPLE_OF: TRL's vision collator cannot pad to a multiple; unset it")
 
 
 def _trainer_class() -> type:

@@ -100,19 +100,6 @@ def test_prepare_is_deterministic_reports_drops_and_splits(tmp_path):
     assert "images" not in first.train.column_names
 
 
-def test_prompts_that_cannot_fit_are_dropped_before_training(tmp_path):
-    import datasets
-
-    path = tmp_path / "data.jsonl"
-    datasets.Dataset.from_dict({"prompt": ["short", "a much longer prompt " * 5, "ok"],
-                                "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"]}).to_json(path)
-    data = prepare(str(path), "train", fmt_name="auto", column_spec="", seed=0, max_samples=None,
-                   eval_fraction=0, max_eval_pairs=1, limit=SizeLimit(), cache_dir=tmp_path,
-                   prompt_length=lambda pair: len(message_text(pair["prompt"])), max_length=20)
-    assert data.report["dropped"] == {"prompt (with image tokens) reaches DPO_MAX_LENGTH": 1}
-    assert sorted(message_text(p) for p in data.train["prompt"]) == ["ok", "short"]
-
-
 def test_parallel_formatting_gives_the_same_pairs(tmp_path):
     from entrypoint.data.samples import write_sample
 

@@ -30,6 +30,12 @@ def test_readme_settings_table_is_generated_from_the_declaration():
     assert block == "\n" + reference.markdown(), "README is stale: run `make docs`"
 
 
+def test_readme_image_token_table_is_measured_with_the_published_processors():
+    text = (ROOT / "README.md").read_text()
+    block = text.split(reference.TOKENS_START, 1)[1].split(reference.TOKENS_END, 1)[0]
+    assert block == "\n" + reference.image_token_markdown(), "README is stale: run `make docs`"
+
+
 @pytest.mark.parametrize("package", KEY_PACKAGES)
 def test_installed_versions_are_the_locked_ones(package):
     locked = locked_versions(ROOT / "requirements.lock")

@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+
 import datasets
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from entrypoint.data.formats import resolve_format
-from entrypoint.data.samples import SAMPLE_VERSION, SAMPLES, write_sample
+from entrypoint.data.samples import PHOTO_SIZES, SAMPLE_VERSION, SAMPLES, write_sample
 from entrypoint.errors import ConfigError
 
 S = datasets.Value("string")
 # Copied from the dataset cards of openbmb/RLAIF-V-Dataset and flaviagiammarino/vqa-rad, not from
 # the module, so a change to the module cannot silently drift from the real datasets.
+RLAIF_V = datasets.Features({"ds_name": S, "image": datasets.Image(), "question": S, "chosen": S, "rejected": S,
+                             "origin_dataset": S, "origin_split": S, "idx": S, "image_path": S})
 REAL_FEATURES = {
-    "rlaif-v": datasets.Features({"ds_name": S, "image": datasets.Image(), "question": S, "chosen": S,
-                                  "rejected": S, "origin_dataset": S, "origin_split": S, "idx": S,
-                                  "image_path": S}),
+    "rlaif-v": RLAIF_V,
+    "rlaif-v-photos": RLAIF_V,
     "vqa-rad": datasets.Features({"image": datasets.Image(), "question": S, "answer": S}),
     "text": datasets.Features({"prompt": S, "chosen": S, "rejected": S}),
 }
-EXPECTED_FORMAT = {"rlaif-v": "rlaif-v", "vqa-rad": "vqa-rad", "text": "preference"}
+EXPECTED_FORMAT = {"rlaif-v": "rlaif-v", "rlaif-v-photos": "rlaif-v", "vqa-rad": "vqa-rad", "text": "preference"}
+# The documented sizes (width, height) of `rlaif-v-photos`, in order; written out here, not taken from
+# the module, so that a changed list is a deliberate change.
+DOCUMENTED_PHOTO_SIZES = [
+    (640, 480), (800, 600), (1024, 768), (1280, 720), (1920, 1080), (2048, 1536), (3024, 4032), (4000, 3000),
+    (4000, 1000), (3000, 600), (1080, 2400), (600, 3000), (336, 336), (300, 1200), (2000, 500), (50, 50),
+]
+# What the samples held when SAMPLE_VERSION was last bumped: decoded pixels and text, so PNG or parquet
+# encoder changes do not count. If this fails, the generator changed: bump SAMPLE_VERSION (so cached
+# files are not reused) and update the digest.
+CONTENT_DIGESTS = {
+    "rlaif-v": "1acfb24c7c75cfcfbff38f28a947531b71e9f555ffcaed91c5a21f46d2fae06b",
+    "vqa-rad": "3c93a093ae37da5c0398a08b72f1eed81ce3348edcafc261dcd2d98d15cb4ce7",
+    "text": "3663ba39615c839109dbf301d4d2517b1f54d08a014685f2b53ba7b60ca1d6fa",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +58,7 @@ def loaded(tmp_path_factory):
 
 
 def test_names_and_file_name(loaded):
-    assert SAMPLES == ("rlaif-v", "vqa-rad", "text")
+    assert SAMPLES == ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text")
     for name, (path, _) in loaded.items():
         assert path.name == f"{name}-48-0-v{SAMPLE_VERSION}.parquet"
         assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp files left
@@ -69,10 +89,47 @@ def test_rlaif_v_images_vary_in_size_and_mode(loaded):
     assert all(24 <= side <= 96 for size in sizes for side in size)
 
 
-def test_rlaif_v_pairs_differ(loaded):
-    rows = loaded["rlaif-v"][1].remove_columns("image")
+@pytest.mark.parametrize("name", ["rlaif-v", "rlaif-v-photos"])
+def test_rlaif_v_pairs_differ(loaded, name):
+    rows = loaded[name][1].remove_columns("image")
     assert all(row["chosen"] != row["rejected"] for row in rows)
     assert len(set(rows["question"])) >= 5 and len(set(rows["idx"])) == 48
+    kinds = {json.loads(split)["type"] for split in rows["origin_split"]}
+    assert kinds == {"color", "shape", "count", "describe", "exists"}
+
+
+def test_photo_sizes_are_the_documented_list_cycled(loaded):
+    assert list(PHOTO_SIZES) == DOCUMENTED_PHOTO_SIZES
+    images = loaded["rlaif-v-photos"][1]["image"]
+    cycle = len(DOCUMENTED_PHOTO_SIZES)
+    assert [image.size for image in images] == [DOCUMENTED_PHOTO_SIZES[i % cycle] for i in range(48)]
+    # The modes cycle by row index exactly as in `rlaif-v`.
+    assert [image.mode for image in images] == [image.mode for image in loaded["rlaif-v"][1]["image"]]
+
+
+def test_photo_shapes_stay_visible(loaded):
+    """The shapes scale with the image: even one triangle on a panorama covers a few percent of it."""
+    for image in loaded["rlaif-v-photos"][1]["image"][:len(DOCUMENTED_PHOTO_SIZES)]:
+        pixels = np.asarray(image.convert("RGBA"))
+        drawn = (pixels != pixels[0, 0]).any(axis=-1).mean()  # the corner is always background
+        assert drawn > 0.03, (image.size, drawn)
+
+
+def _content_digest(path) -> str:
+    digest = hashlib.sha256()
+    for row in pq.read_table(path).to_pylist():
+        for key, value in row.items():
+            if isinstance(value, dict):  # an image: its decoded pixels (and palette), not its PNG bytes
+                with Image.open(io.BytesIO(value["bytes"])) as image:
+                    value = [image.mode, image.size, hashlib.sha256(image.tobytes()).hexdigest(),
+                             image.getpalette()]
+            digest.update(json.dumps([key, value]).encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(CONTENT_DIGESTS))
+def test_content_is_pinned(tmp_path, name):
+    assert _content_digest(write_sample(name, tmp_path, rows=24, seed=1)) == CONTENT_DIGESTS[name]
 
 
 def test_vqa_rad_is_greyscale_and_half_closed(loaded):

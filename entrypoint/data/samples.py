@@ -5,14 +5,21 @@ same code path (format detection, image cleaning, collation) as the real thing:
 
 - `rlaif-v`: openbmb/RLAIF-V-Dataset: coloured shapes, questions about them, a correct `chosen`
   and a `rejected` that gets the colour, shape or count wrong or hallucinates an object.
+- `rlaif-v-photos`: the same rows (schema, questions, answers, modes) with images at real photo
+  sizes, `PHOTO_SIZES` (640x480 up to 4000x3000, panoramas, tall scans, a 50x50 thumbnail), so a
+  model at its real processor geometry pays real image-token costs. Row i has size
+  `PHOTO_SIZES[i % len(PHOTO_SIZES)]`: every 16 rows hold each size once. Flat colours keep the
+  PNGs small (32 rows: about 0.3 MB).
 - `vqa-rad`: flaviagiammarino/vqa-rad: greyscale "scans" of a brain, lungs or liver, with or
   without a bright "lesion"; half yes/no questions, half open ones, like the real set.
 - `text`: a plain (non-conversational) preference set, prompt/chosen/rejected strings: polite
   correct answers to sums and facts are chosen, wrong or rude ones rejected.
 
 The preferences follow from the content (the image, the sum), so a model can in principle learn
-them: a training run on a sample shows a real signal, not noise. Images have varied sizes and, for
-`rlaif-v`, the modes (L, RGBA, P) that real data brings, to exercise the RGB conversion.
+them: a training run on a sample shows a real signal, not noise. Images have varied sizes (24-96 px,
+drawn at random, except in `rlaif-v-photos`) and, for `rlaif-v` and `rlaif-v-photos`, the modes
+(L, RGBA, P) that real data brings, to exercise the RGB conversion. Shapes are drawn in proportion
+to the image, so they stay visible at any size.
 
 Every row is drawn from its own RNG seeded by (name, seed, row index): the same seed gives the same
 file, byte for byte, and a longer sample starts with the rows of a shorter one.
@@ -20,6 +27,7 @@ file, byte for byte, and a longer sample starts with the rows of a shorter one.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -31,9 +39,23 @@ from PIL import Image, ImageDraw
 
 from entrypoint.errors import ConfigError
 
-SAMPLES: tuple[str, ...] = ("rlaif-v", "vqa-rad", "text")
+SAMPLES: tuple[str, ...] = ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text")
 
 MIN_SIDE, MAX_SIDE = 24, 96
+# `rlaif-v-photos`' image sizes (width, height), cycled by row index. With 8 modes cycling beside
+# them, size k always comes in mode _MODES[k % 8]: 1920x1080 RGBA, 3024x4032 and 2000x500 P,
+# 1024x768 and 1080x2400 L, 336x336 RGBA, the rest RGB.
+PHOTO_SIZES: tuple[tuple[int, int], ...] = (
+    (640, 480), (800, 600), (1024, 768), (1280, 720),  # phone and camera photos, landscape
+    (1920, 1080), (2048, 1536),
+    (3024, 4032),  # portrait phone photo (12 MP)
+    (4000, 3000),  # 12 MP camera photo
+    (4000, 1000), (3000, 600),  # panoramas
+    (1080, 2400), (600, 3000),  # tall phone screenshot, tall scan
+    (336, 336),  # exactly a CLIP-336 tile
+    (300, 1200), (2000, 500),  # thin strips, tall and wide
+    (50, 50),  # smaller than any processor's input: the processor upscales it
+)
 SAMPLE_VERSION = 1  # in the file name: bump when the generator changes, so cached samples are not reused
 
 
@@ -43,10 +65,12 @@ def _features(name: str):
     from datasets import Image as ImageFeature
 
     string = Value("string")
+    rlaif_v = {"ds_name": string, "image": ImageFeature(), "question": string, "chosen": string,
+               "rejected": string, "origin_dataset": string, "origin_split": string, "idx": string,
+               "image_path": string}
     columns = {
-        "rlaif-v": {"ds_name": string, "image": ImageFeature(), "question": string, "chosen": string,
-                    "rejected": string, "origin_dataset": string, "origin_split": string, "idx": string,
-                    "image_path": string},
+        "rlaif-v": rlaif_v,
+        "rlaif-v-photos": rlaif_v,
         "vqa-rad": {"image": ImageFeature(), "question": string, "answer": string},
         "text": {"prompt": string, "chosen": string, "rejected": string},
     }[name]
@@ -62,6 +86,14 @@ def _png(image: Image.Image) -> dict[str, object]:
 
 def _size(rng: random.Random) -> tuple[int, int]:
     return rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
+
+
+def _random_size(i: int, rng: random.Random) -> tuple[int, int]:
+    return _size(rng)
+
+
+def _photo_size(i: int, rng: random.Random) -> tuple[int, int]:
+    return PHOTO_SIZES[i % len(PHOTO_SIZES)]
 
 
 def _a(word: str) -> str:
@@ -108,10 +140,12 @@ def _draw_shapes(image: Image.Image, shape: str, count: int, fill) -> None:
             draw.polygon([(cx, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
 
 
-def _rlaif_v_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+def _rlaif_v_row(i: int, rng: random.Random, seed: int, size_of=_random_size) -> dict[str, object]:
+    """Row i; `size_of(i, rng)` picks the image size (drawn from `rng` where it must be, after the
+    shape and count, so `rlaif-v` keeps the same draws and the same bytes)."""
     mode = _MODES[i % len(_MODES)]
     shape, count = rng.choice(_SHAPES), rng.randint(1, 3)
-    size = _size(rng)
+    size = size_of(i, rng)
     if mode == "L":
         palette, background = _GREYS, "gray"
         color = rng.choice(list(palette))
@@ -258,7 +292,8 @@ def _text_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-_ROWS = {"rlaif-v": _rlaif_v_row, "vqa-rad": _vqa_rad_row, "text": _text_row}
+_ROWS = {"rlaif-v": _rlaif_v_row, "rlaif-v-photos": functools.partial(_rlaif_v_row, size_of=_photo_size),
+         "vqa-rad": _vqa_rad_row, "text": _text_row}
 
 
 def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0) -> pathlib.Path:

@@ -87,8 +87,12 @@ def _load_local(path: Path, split: str) -> Any:
     return datasets.load_dataset(builder, data_files=files, split="train")
 
 
-def load_rows(ref: str, split: str, cache_dir: Path) -> Any:
-    """The raw rows as a `datasets.Dataset` (images decoded lazily by `datasets`)."""
+def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None) -> Any:
+    """The raw rows as a `datasets.Dataset` (images decoded lazily by `datasets`).
+
+    `limit`: a Hub dataset is streamed and only its first `limit` rows are read (a dry run's sample,
+    without downloading the whole set); local files are read whole either way.
+    """
     import datasets
 
     if ref.startswith(SAMPLE_PREFIX):
@@ -102,6 +106,9 @@ def load_rows(ref: str, split: str, cache_dir: Path) -> Any:
     if looks_local(ref):
         return _load_local(Path(ref).expanduser(), split)
     try:
+        if limit:
+            stream = datasets.load_dataset(ref, split=split, token=os.environ.get("HF_TOKEN"), streaming=True)
+            return datasets.Dataset.from_list(list(stream.take(limit)), features=stream.features)
         return datasets.load_dataset(ref, split=split, token=os.environ.get("HF_TOKEN"))
     except (OSError, ValueError) as exc:  # not found, no such split, offline and not cached
         raise ConfigError(f"DPO_DATASET={ref}: {str(exc).splitlines()[0]}") from None

@@ -1,7 +1,9 @@
 """Model families: what differs between LLaVA-NeXT, LLaVA 1.5, Idefics2 and text-only causal LMs.
 
-A new family is one `Family` entry (plus a tiny builder in `tiny.py` for its tests).
-The module names are those of transformers 5's classes (`model.vision_tower`, ...).
+A new family is one `Family` entry, plus its published configuration in `published.py` (from which
+`shapes.py` builds its offline model) and a tiny builder in `tiny.py` for the fast tests.
+The module names are those of transformers 5's classes (`model.vision_tower`, ...); tests build each
+published architecture on the meta device and check every name here matches real modules.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ class Family:
     vision: bool
     vision_modules: tuple[str, ...]  # kept in full precision, and out of LoRA unless DPO_LORA_VISION=1
     description: str
+    # How an image becomes tokens, which decides what DPO_MAX_IMAGE_TILES does (models/image_tokens.py):
+    # "anyres" (a base image plus grid tiles), "split" (4 crops plus the whole image, or the whole image
+    # alone), "fixed" (one image, one token count), "none" (text only).
+    tiling: str = "none"
 
     @property
     def keep_full_precision(self) -> list[str]:
@@ -41,30 +47,42 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("llava-next", ("llava_next",), "LlavaNextForConditionalGeneration", True,
                ("model.vision_tower", "model.multi_modal_projector"),
-               "LLaVA-NeXT (v1.6), e.g. llava-hf/llava-v1.6-mistral-7b-hf"),
+               "LLaVA-NeXT (v1.6), e.g. llava-hf/llava-v1.6-mistral-7b-hf", "anyres"),
         Family("llava", ("llava",), "LlavaForConditionalGeneration", True,
                ("model.vision_tower", "model.multi_modal_projector"),
-               "LLaVA 1.5, e.g. llava-hf/llava-1.5-7b-hf"),
+               "LLaVA 1.5, e.g. llava-hf/llava-1.5-7b-hf", "fixed"),
         Family("idefics2", ("idefics2",), "Idefics2ForConditionalGeneration", True,
                ("model.vision_model", "model.connector"),
-               "Idefics2, e.g. HuggingFaceM4/idefics2-8b"),
+               "Idefics2, e.g. HuggingFaceM4/idefics2-8b", "split"),
         Family("causal-lm", (), "AutoModelForCausalLM", False, (),
                "any text-only causal LM, e.g. mistralai/Mistral-7B-Instruct-v0.2"),
     )
 }
 
 
-def family_for_model_type(model_type: str) -> Family:
+# config.json keys that only vision-language models have: such a model of an unknown type must not
+# silently train as a text-only causal LM.
+_VISION_KEYS = ("vision_config", "image_token_index", "image_token_id", "vision_start_token_id", "mm_vision_tower")
+
+
+def family_for_config(config: dict) -> Family:
+    """The family of a model's config.json; an unknown vision-language model is a ConfigError."""
+    model_type = config.get("model_type")
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family
+    if any(key in config for key in _VISION_KEYS):
+        supported = ", ".join(f"{f.name} ({', '.join(f.model_types)})" for f in FAMILIES.values() if f.vision)
+        raise ConfigError(f"model type {model_type!r} is a vision-language model of a family this job does not "
+                          f"support; supported vision families: {supported}")
     return FAMILIES["causal-lm"]
 
 
 def family_from_config(config_path: Path) -> Family:
     """The family named by a model's config.json, read as plain JSON (no transformers import)."""
     try:
-        model_type = json.loads(config_path.read_text())["model_type"]
+        config = json.loads(config_path.read_text())
+        config["model_type"]
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{config_path}: not a readable model config ({exc})") from None
-    return family_for_model_type(model_type)
+    return family_for_config(config)

@@ -1,4 +1,5 @@
-"""Finding and loading the base model and its processor: Hub id, local directory, or `tiny:<family>`.
+"""Finding and loading the base model and its processor: Hub id, local directory, `tiny:<family>` or
+`shapes:<family>` (models built offline: tiny.py, shapes.py).
 
 `resolve_model` is the cheap pre-flight (a config.json, no weights); `load_processor` and
 `load_model` do the real work once the data is known to be good.
@@ -16,6 +17,7 @@ from entrypoint.errors import ConfigError
 from entrypoint.models.families import FAMILIES, Family, family_from_config
 
 TINY_PREFIX = "tiny:"
+SHAPES_PREFIX = "shapes:"
 
 
 @dataclass(frozen=True)
@@ -25,19 +27,13 @@ class ModelRef:
     source: str  # local directory or Hub id, as given to from_pretrained
     family: Family
     revision: str | None = None
+    stands_for: str | None = None  # shapes: models: the published checkpoint whose geometry they have
 
 
 def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: Path) -> ModelRef:
     """Check the model exists and learn its family, without loading weights."""
-    if ref.startswith(TINY_PREFIX):
-        from entrypoint.models.tiny import TINY_FAMILIES, build_tiny
-
-        name = ref[len(TINY_PREFIX):]
-        if name not in TINY_FAMILIES:
-            raise ConfigError(f"DPO_MODEL={ref!r}: unknown tiny model; choose from "
-                              f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
-        path = build_tiny(name, cache_dir / "tiny" / name)
-        return ModelRef(str(path), FAMILIES[name])
+    if ref.startswith((TINY_PREFIX, SHAPES_PREFIX)):
+        return _built_offline(ref, cache_dir)
     if looks_local(ref):
         path = Path(ref).expanduser()
         if not (path / "config.json").is_file():
@@ -51,6 +47,28 @@ def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: P
     return ModelRef(source, family, revision)
 
 
+def _built_offline(ref: str, cache_dir: Path) -> ModelRef:
+    """`tiny:<family>` or `shapes:<family>`, built into the cache on first use."""
+    from entrypoint.models.published import PUBLISHED
+    from entrypoint.models.shapes import SHAPES_FAMILIES, build_shapes
+    from entrypoint.models.tiny import TINY_FAMILIES, build_tiny
+
+    kind, _, name = ref.partition(":")
+    families, build = (TINY_FAMILIES, build_tiny) if kind == "tiny" else (SHAPES_FAMILIES, build_shapes)
+    if name not in families:
+        raise ConfigError(f"DPO_MODEL={ref!r}: unknown {kind} model; choose from "
+                          f"{', '.join(f'{kind}:{f}' for f in families)}")
+    stands_for = PUBLISHED[name].repo if kind == "shapes" else None
+    return ModelRef(str(build(name, cache_dir / kind / name)), FAMILIES[name], stands_for=stands_for)
+
+
+def config_path(model: ModelRef) -> Path:
+    """The model's config.json on disk (for a Hub id: the copy resolve_model cached)."""
+    if looks_local(model.source):
+        return Path(model.source) / "config.json"
+    return _hub_config(model.source, model.revision)
+
+
 def _hub_config(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
 
@@ -61,15 +79,20 @@ def _hub_config(repo_id: str, revision: str | None) -> Path:
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def load_processor(model: ModelRef) -> Any:
-    """The processor (vision) or tokenizer (text), with a pad token: DPO batches need padding."""
+def load_processor(model: ModelRef, max_image_tiles: int | None = None) -> Any:
+    """The processor (vision) or tokenizer (text), with a pad token (DPO batches need padding) and at
+    most `max_image_tiles` tiles an image (DPO_MAX_IMAGE_TILES, see image_tokens.py)."""
     from transformers import AutoProcessor, AutoTokenizer
+
+    from entrypoint.models.image_tokens import limit_tiles
 
     loader = AutoProcessor if model.family.vision else AutoTokenizer
     processor = loader.from_pretrained(model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"))
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if model.family.vision:
+        limit_tiles(model.family, processor, max_image_tiles)
     return processor
 
 
@@ -109,18 +132,33 @@ def device_map(sharded: bool) -> dict[str, Any] | None:
     return {"": "cpu"}
 
 
-def load_model(model: ModelRef, quantization: str, distributed: str = "ddp") -> Any:
+def load_model(model: ModelRef, quantization: str, distributed: str = "ddp", processor: Any = None) -> Any:
+    """The base model, quantized as asked; its image geometry made to match `processor`'s, which feeds it."""
     import transformers
+
+    from entrypoint.models.image_tokens import model_overrides
 
     dtype = compute_dtype()
     sharded = distributed != "ddp"
     model_class = getattr(transformers, model.family.model_class)
+    overrides = model_overrides(model.family, processor) if processor is not None else {}
     loaded = model_class.from_pretrained(
         model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"), dtype=dtype,
         quantization_config=quantization_config(quantization, model.family, dtype, distributed == "fsdp"),
-        device_map=device_map(sharded))
+        device_map=device_map(sharded), **overrides)
     _keep_present_layer_classes(loaded)
+    keep_4bit_layers_differentiable(loaded)
     return loaded
+
+
+def keep_4bit_layers_differentiable(model: Any) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer for its bf16 `gemv_4bit` kernel at the
+    first eval-mode forward without grad (the evaluation before training, a generation) and keeps it so;
+    training after that runs a kernel with no backward, and the LoRA gradients through it are wrong
+    (tests/test_qlora_gradients.py). Turned off here; GPUs never take that path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _keep_present_layer_classes(model: Any) -> None:

@@ -8,20 +8,17 @@ shape, so the training code runs on them unchanged (4-bit loading and LoRA inclu
 
 from __future__ import annotations
 
-import fcntl
-import json
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from entrypoint.models.offline import bpe_tokenizer, build_cached, save_model
+
 TINY_FAMILIES: tuple[str, ...] = ("llava-next", "llava", "idefics2", "causal-lm")
 
 BUILDER_VERSION = 1  # bump when the built files change, so cached builds are rebuilt
-MARKER = "tiny.json"  # written last: its presence means the build is complete
+MARKER = "tiny.json"  # written last: its presence means the build is complete (see offline.py)
 
 # Every linear layer of the language model is at least this wide: bitsandbytes' CPU 4-bit
 # path fails for in_features < 64. The vision side stays narrower on purpose, since it is
@@ -31,7 +28,6 @@ VISION_WIDTH = 32
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
 
-BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
 IMAGE_TOKEN = "<image>"
 
 # Role-prefixed turns, eos after each assistant turn. A prompt rendered with
@@ -51,124 +47,18 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{{ '\\n' }}{% endif %}"
 )
 
-# Plain English in the register of image-preference data, so that the BPE merges are real
-# sub-words and tokenized prompts have realistic lengths.
-CORPUS = """\
-The picture shows a small brown dog sitting on a green lawn in front of a white house.
-A woman in a red coat is walking across the street while the traffic light is green.
-Two children are playing with a blue ball on the beach; the sea is calm and the sky is clear.
-There is a wooden table with three cups of coffee, a plate of cookies and an open book.
-The image contains a chart with four bars; the tallest bar is orange and the shortest is grey.
-Describe the image in detail. What color is the car? How many people can you see?
-Answer the question about the picture. Is there a cat on the sofa? Yes, there is a black cat.
-The photograph was taken at night: the city lights reflect on the river under the bridge.
-A man is riding a bicycle along a mountain road surrounded by tall pine trees and snow.
-The kitchen has a large window, a stove, a sink full of dishes and a bowl of fresh fruit.
-I cannot see any text in this image. The sign says "Open" in large yellow letters.
-The assistant should answer helpfully, honestly and briefly, and say when it is not sure.
-On the left there is a tree; on the right there is a bench where an old man reads a newspaper.
-The train station is crowded with travellers carrying suitcases, bags and umbrellas.
-A plate of pasta with tomato sauce, basil leaves and cheese sits next to a glass of water.
-The diagram explains how water evaporates from the ocean, forms clouds and falls as rain.
-Three horses are standing in a field near a fence; one of them is white and two are brown.
-The screenshot shows a web page with a search box, a menu and a list of recent articles.
-A cyclist waits at the crossing while a delivery van unloads boxes outside the bakery.
-The museum room displays ancient pottery, bronze statues and a painting of a ship in a storm.
-Please look carefully at the photo and count the birds sitting on the electric wire.
-The response is correct because it mentions every object that is visible in the scene.
-The response is wrong: there is no umbrella in the image, and the person is wearing glasses.
-A laptop, a notebook, a pencil and a pair of headphones lie on the desk next to a lamp.
-Children wearing uniforms line up in the school yard before the morning bell rings.
-The weather looks cold and cloudy; people are wearing scarves, gloves and warm jackets.
-What is written on the label of the bottle? The label reads "Organic Apple Juice".
-A farmer drives a tractor through a golden wheat field while birds fly overhead.
-The graph shows that temperature increased steadily between January and August.
-Which animal is the largest in this picture? The elephant is clearly the largest animal.
-A group of friends is having a picnic under an oak tree beside a quiet lake.
-The living room has a grey sofa, a patterned rug, a television and several plants.
-"""
-
 
 def build_tiny(family: str, out_dir: Path, seed: int = 0) -> Path:
-    """Build the tiny `family` model into `out_dir` (or reuse a finished build there) and return it.
-
-    Every DDP rank may call this at once: one builds while the others wait on a lock, then find
-    the marker. The build is renamed into place whole, so an interrupted one leaves nothing behind.
-    """
+    """Build the tiny `family` model into `out_dir` (or reuse a finished build there) and return it."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
-    out_dir = Path(out_dir)
     marker = {"family": family, "seed": seed, "builder_version": BUILDER_VERSION,
               "transformers": version("transformers")}  # saved formats change between releases
-    if _read_marker(out_dir) == marker:
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out_dir.parent / f".{out_dir.name}.lock"):
-        if _read_marker(out_dir) != marker:
-            _build(family, seed, marker, out_dir)
-    return out_dir
-
-
-def _read_marker(out_dir: Path) -> dict[str, Any] | None:
-    """The marker of a finished build, or None (no build, or one cut short)."""
-    try:
-        return json.loads((out_dir / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes, released even if the holder dies."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _build(family: str, seed: int, marker: dict[str, Any], out_dir: Path) -> None:
-    """Build in a sibling work directory, marker last, then swap the result in for `out_dir`."""
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    new = work / "new"
-    try:
-        _BUILDERS[family](new, seed)
-        (new / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        _replace(out_dir, new, old=work / "old")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _replace(out_dir: Path, new: Path, old: Path) -> None:
-    """Put `new` at `out_dir`, replacing an empty directory or an earlier tiny build, nothing else."""
-    if _read_marker(out_dir) is not None:
-        out_dir.rename(old)
-    try:
-        new.rename(out_dir)  # atomic; refuses a non-empty directory
-    except OSError:
-        raise FileExistsError(f"{out_dir} holds other files; a tiny model needs a directory of its own") from None
+    return build_cached(out_dir, MARKER, marker, lambda new: _BUILDERS[family](new, seed))
 
 
 def _tokenizer(**named_tokens: str) -> Any:
-    """A byte-level BPE trained on CORPUS, with the special tokens the family's processor expects.
-
-    Every special token is in the trained vocabulary, so processors that add their tokens at
-    load time (Idefics2) find them there and never grow the vocabulary past the embeddings.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [BOS, EOS, UNK, PAD, *named_tokens.values()]
-    bpe = Tokenizer(models.BPE(unk_token=UNK))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
-        extra_special_tokens=named_tokens, chat_template=CHAT_TEMPLATE)
+    return bpe_tokenizer(CHAT_TEMPLATE, **named_tokens)
 
 
 def _text_config(tokenizer: Any) -> Any:
@@ -195,16 +85,6 @@ def _llava_processor_settings() -> dict[str, Any]:
             "chat_template": CHAT_TEMPLATE}
 
 
-def _save_model(model_class: Any, config: Any, out_dir: Path, seed: int) -> None:
-    """Initialise from `seed` without disturbing the caller's random state, and save."""
-    import torch
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = model_class(config)
-    model.save_pretrained(out_dir)
-
-
 def _build_llava_next(out_dir: Path, seed: int) -> None:
     from transformers import (
         LlavaNextConfig,
@@ -225,7 +105,7 @@ def _build_llava_next(out_dir: Path, seed: int) -> None:
         image_token_index=tokenizer.image_token_id, image_grid_pinpoints=pinpoints,
         vision_feature_select_strategy="default", tie_word_embeddings=False)
     processor.save_pretrained(out_dir)
-    _save_model(LlavaNextForConditionalGeneration, config, out_dir, seed)
+    save_model(LlavaNextForConditionalGeneration, config, out_dir, seed)
 
 
 def _build_llava(out_dir: Path, seed: int) -> None:
@@ -240,7 +120,7 @@ def _build_llava(out_dir: Path, seed: int) -> None:
         image_token_index=tokenizer.image_token_id, vision_feature_select_strategy="default",
         tie_word_embeddings=False)
     processor.save_pretrained(out_dir)
-    _save_model(LlavaForConditionalGeneration, config, out_dir, seed)
+    save_model(LlavaForConditionalGeneration, config, out_dir, seed)
 
 
 def _build_idefics2(out_dir: Path, seed: int) -> None:
@@ -267,7 +147,7 @@ def _build_idefics2(out_dir: Path, seed: int) -> None:
                           "resampler_head_dim": 16, "num_key_value_heads": 1},
         text_config=text_config, image_token_id=tokenizer.image_token_id, tie_word_embeddings=False)
     processor.save_pretrained(out_dir)
-    _save_model(Idefics2ForConditionalGeneration, config, out_dir, seed)
+    save_model(Idefics2ForConditionalGeneration, config, out_dir, seed)
 
 
 def _build_causal_lm(out_dir: Path, seed: int) -> None:
@@ -275,7 +155,7 @@ def _build_causal_lm(out_dir: Path, seed: int) -> None:
 
     tokenizer = _tokenizer()
     tokenizer.save_pretrained(out_dir)
-    _save_model(MistralForCausalLM, _text_config(tokenizer), out_dir, seed)
+    save_model(MistralForCausalLM, _text_config(tokenizer), out_dir, seed)
 
 
 _BUILDERS: dict[str, Callable[[Path, int], None]] = {

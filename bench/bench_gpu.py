@@ -1,0 +1,140 @@
+"""GPU benchmark: LLaVA-NeXT-Mistral-7B QLoRA DPO at 1 tile and at full anyres, measured against the memory plan.
+
+    make bench-gpu        (.venv/bin/python bench/bench_gpu.py [--steps 8] [--batch 1])
+
+On a GPU the model is llava-v1.6-mistral-7b's full architecture from the repo's published values
+(entrypoint/models/published.py), random weights initialised directly on the GPU in bf16 and saved once to a
+local directory; the job then loads it in 4-bit exactly as it loads a Hub checkpoint. Its processor is the
+`shapes:llava-next` one (the published image processor, so real image-token counts). Each setting runs the
+whole job (`python -m entrypoint`) on `sample:rlaif-v-photos` (real photo sizes) and reports samples/s,
+tokens/s, the peak GPU memory torch allocated next to the plan's estimate, and an MFU estimate.
+
+On a CPU it runs the `shapes:llava-next` model itself (a test does, so the script cannot rot); those figures
+say nothing about a GPU.
+
+MFU counts the model FLOPs of a DPO step per token of the decoder: the policy's forward (2N) and backward
+through frozen weights (2N, activation gradients only), the reference forward (2N), plus attention
+(causal: 2 x length x hidden x layers per pass, 3 passes); recomputation by gradient checkpointing is not
+counted (the usual convention). The vision tower's share (~2% of the FLOPs) is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# bf16 dense peak of the GPUs the sky YAMLs rent, TFLOP/s (vendor data sheets; SXM parts).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 70.0}
+
+
+def build_full_size(out_dir: Path, cache: Path) -> Path:
+    """llava-v1.6-mistral-7b's architecture, random bf16 weights made on the GPU, with the shapes processor."""
+    import shutil
+
+    import torch
+    from transformers import LlavaNextForConditionalGeneration
+
+    from entrypoint.models.published import full_config
+    from entrypoint.models.shapes import build_shapes, tokenizer
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    shapes = build_shapes("llava-next", cache / "shapes" / "llava-next")
+    tok = tokenizer("llava-next")
+    config = full_config("llava-next")
+    config.image_token_index = tok.convert_tokens_to_ids("<image>")  # the bench tokenizer's ids, in 32064
+    config.text_config.pad_token_id = tok.pad_token_id
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlavaNextForConditionalGeneration(config)
+    torch.set_default_dtype(torch.float32)
+    work = out_dir.with_name(out_dir.name + ".tmp")
+    model.save_pretrained(work)
+    del model
+    torch.cuda.empty_cache()
+    for name in shapes.iterdir():
+        if name.name not in ("config.json", "model.safetensors", "shapes.json", "generation_config.json"):
+            shutil.copy2(name, work / name.name)
+    work.rename(out_dir)
+    return out_dir
+
+
+def decoder_flops_per_token(config: object, length: float) -> float:
+    text = config.get_text_config()
+    from entrypoint.models.architecture import meta_model
+    from entrypoint.models.families import FAMILIES
+
+    model = meta_model(config, FAMILIES["llava-next"])
+    decoder = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n)
+    attention = 2 * length * text.hidden_size * text.num_hidden_layers  # causal: half of 4 x length x hidden
+    return 3 * (2 * decoder + 2 * attention)  # policy forward + backward (activations) + reference forward
+
+
+def run_job(model: str, tiles: int | None, args: argparse.Namespace, cache: Path) -> dict[str, object]:
+    output = Path(tempfile.mkdtemp(prefix=f"bench-gpu-{tiles or 'anyres'}-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DPO_MODEL": model, "DPO_DATASET": "sample:rlaif-v-photos",
+           "DPO_MAX_SAMPLES": str(args.rows), "DPO_MAX_STEPS": str(args.steps),
+           "DPO_PER_DEVICE_TRAIN_BATCH_SIZE": str(args.batch), "DPO_GRADIENT_ACCUMULATION_STEPS": "1",
+           "DPO_SAVE_STEPS": str(10 * args.steps), "DPO_EVAL_FRACTION": "0", "DPO_EVAL_GENERATIONS": "0",
+           "DPO_LOGGING_STEPS": "1", "DPO_OUTPUT_DIR": str(output), "DPO_CACHE_DIR": str(cache),
+           "DPO_USE_LIGER_KERNEL": "1" if args.liger else "0"}
+    if tiles:
+        env["DPO_MAX_IMAGE_TILES"] = str(tiles)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "entrypoint"], env=env, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"job failed ({tiles or 'anyres'}):\n{result.stderr[-3000:]}")
+    metrics = json.loads((output / "metrics.json").read_text())
+    report = json.loads((output / "data_report.json").read_text())
+    history = [h for h in metrics["history"] if "num_tokens" in h]
+    tokens = history[-1]["num_tokens"] if history else None
+    return {"wall_s": time.perf_counter() - started, "train_s": metrics["train"]["train_runtime"],
+            "samples_per_s": metrics["train"]["train_samples_per_second"], "tokens": tokens,
+            "pair_tokens_p50": report["tokens"]["pair_tokens"]["p50"], "memory": metrics["memory"]}
+
+
+def main() -> None:
+    import torch
+
+    from entrypoint.models.published import full_config
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--liger", action="store_true", help="DPO_USE_LIGER_KERNEL=1 (needs liger-kernel installed)")
+    parser.add_argument("--workdir", default=os.environ.get("BENCH_DIR", tempfile.gettempdir()))
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    cache = workdir / "bench-cache"
+    gpu = torch.cuda.is_available()
+    model = str(build_full_size(workdir / "llava-next-7b-random", cache)) if gpu else "shapes:llava-next"
+    device = torch.cuda.get_device_name() if gpu else "CPU (shapes:llava-next, not a GPU figure)"
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    print(f"device: {device}; model: {model}; batch {args.batch}, {args.steps} steps, 4-bit QLoRA r16")
+    print("| setting | samples/s | tokens/s | pair tokens p50 | peak GiB (measured) | plan GiB | plan/measured | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tiles in (1, None):
+        row = run_job(model, tiles, args, cache)
+        tokens_per_s = row["tokens"] / row["train_s"] if row["tokens"] else None
+        measured, planned = row["memory"]["peak_allocated_gib"], row["memory"]["plan"]["peak_gib"]
+        ratio = f"{planned / measured:.2f}" if measured else "n/a"
+        mfu = "n/a"
+        if gpu and peak and tokens_per_s:
+            flops = decoder_flops_per_token(full_config("llava-next"), row["pair_tokens_p50"])
+            mfu = f"{100 * flops * tokens_per_s / (peak * 1e12):.1f}%"
+        print(f"| {'1 tile' if tiles else 'full anyres'} | {row['samples_per_s']:.2f} | "
+              f"{tokens_per_s or float('nan'):.0f} | {row['pair_tokens_p50']} | {measured if measured else 'n/a'} | "
+              f"{planned:.2f} | {ratio} | {mfu} |")
+
+
+if __name__ == "__main__":
+    main()

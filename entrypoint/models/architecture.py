@@ -1,0 +1,96 @@
+"""The model's full-size architecture on the meta device: parameter counts, module names, LoRA size.
+
+Built from the model's own config.json (for a Hub id, the copy the pre-flight fetched: a few KB) with
+the family's transformers class on PyTorch's meta device: every parameter has its real shape and no
+storage, so a 7B model takes a fraction of a second and no memory. The memory plan counts from it,
+PEFT's own matching places the LoRA adapters on it (a target list that matches nothing is refused
+here, before any weights load), and the tests check the family registry's module names against the
+published architectures built the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from entrypoint.errors import ConfigError
+from entrypoint.models.families import Family
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the memory plan needs to know about a model, counted on the real module tree."""
+
+    params: int  # every parameter
+    quantized: int  # parameters of the linear layers 4/8-bit loading quantizes
+    lora_params: int  # trainable LoRA parameters at the run's settings
+    lora_modules: int  # layers LoRA adapts
+    hidden_size: int  # language model
+    intermediate_size: int
+    kv_size: int  # key/value width (grouped-query attention)
+    layers: int
+    vocab_size: int
+    vision_hidden_size: int = 0
+    vision_layers: int = 0
+    vision_patches: int = 0  # patches (tokens) the vision tower sees per image tile or crop
+    vision_states_kept: int = 0  # hidden states the tower's forward keeps (all of them to pick a feature layer)
+
+
+def meta_model(config: Any, family: Family) -> Any:
+    """The family's model class built from `config` on the meta device (no weights, nothing allocated)."""
+    import torch
+    import transformers
+
+    model_class = getattr(transformers, family.model_class)
+    with torch.device("meta"):
+        if model_class is transformers.AutoModelForCausalLM:
+            return model_class.from_config(config)
+        return model_class._from_config(config)
+
+
+def load_config(config_path: Path, overrides: dict[str, Any] | None = None) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(config_path.parent, **(overrides or {}))
+
+
+def with_lora(model: Any, lora_config: Any) -> Any:
+    """PEFT's LoRA on `model`, placed by PEFT's own matching; a target list that matches nothing is a
+    ConfigError (DPO_LORA_TARGET_MODULES), found here instead of after the weights are loaded."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config)
+    except ValueError as exc:
+        raise ConfigError(f"DPO_LORA_TARGET_MODULES={lora_config.target_modules!r}: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
+def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
+    """Count parameters and LoRA on the full-size architecture of `config`."""
+    import torch
+    from transformers.quantizers.quantizers_utils import should_convert_module  # bitsandbytes' skip rule
+
+    model = meta_model(config, family)
+    quantized = sum(module.weight.numel() for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and should_convert_module(name, family.keep_full_precision))
+    params = sum(p.numel() for p in model.parameters())
+    adapted = with_lora(model, lora_config)
+    lora_params = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    lora_modules = sum(1 for name, _ in adapted.named_modules() if name.endswith(".lora_A"))
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    vision = getattr(config, "vision_config", None)
+    return Architecture(
+        params=params, quantized=quantized, lora_params=lora_params, lora_modules=lora_modules,
+        hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
+        kv_size=(getattr(text, "num_key_value_heads", None) or heads) * head_dim, layers=text.num_hidden_layers,
+        vocab_size=text.vocab_size,
+        vision_hidden_size=vision.hidden_size if vision else 0,
+        vision_layers=vision.num_hidden_layers if vision else 0,
+        vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1 if vision else 0,
+        vision_states_kept=(vision.num_hidden_layers + 1 if hasattr(config, "vision_feature_layer") else 1)
+        if vision else 0)
+

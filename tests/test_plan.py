@@ -1,0 +1,112 @@
+"""The memory plan: its weights part against the bytes a 4-bit model really holds, its answers for the real
+LLaVA-NeXT 7B, and the refusal (exit 2 before loading) on a GPU the plan does not fit."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from entrypoint.errors import ConfigError
+from entrypoint.models.architecture import describe, load_config
+from entrypoint.models.families import FAMILIES
+from entrypoint.models.published import full_config
+from entrypoint.plan import GIB, Workload, plan_memory
+from entrypoint.settings import load_settings
+from entrypoint.train import lora_config
+
+
+def _arch(config, family="llava-next"):
+    return describe(config, FAMILIES[family], lora_config(load_settings(), FAMILIES[family]))
+
+
+def _held_bytes(model) -> int:
+    """Parameters and buffers, with each 4-bit layer's quantization state (absmax, nested absmax, code tables)."""
+    import bitsandbytes as bnb
+
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            parts = [state.absmax, state.code, *([state.state2.absmax, state.state2.code] if state.nested else [])]
+            total += sum(t.numel() * t.element_size() for t in parts)
+    return total
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_weights_part_is_what_a_quantized_model_holds(tmp_path, quantization):
+    """A 2-layer Mistral at 1024 wide, loaded as the job loads it (then prepared: non-quantized parts in fp32)."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from entrypoint.models.loading import ModelRef, load_model
+
+    config = MistralConfig(vocab_size=4000, hidden_size=1024, intermediate_size=3584, num_hidden_layers=2,
+                           num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    model = prepare_model_for_kbit_training(load_model(ModelRef(str(tmp_path), FAMILIES["causal-lm"]), quantization))
+    plan = plan_memory(_arch(load_config(tmp_path / "config.json"), "causal-lm"), quantization,
+                       Workload(batch=1, length=16, answer_tokens=4))
+    assert plan.weights == pytest.approx(_held_bytes(model) / GIB, rel=0.02)
+
+
+@pytest.fixture(scope="module")
+def llava_next_7b():
+    return _arch(full_config("llava-next"))
+
+
+def test_plan_for_llava_next_7b_at_1_tile_and_at_full_anyres(llava_next_7b):
+    """Lengths are the photos' at each setting: ~1,200 tokens a pair with 1 tile, ~2,400 with the full grid."""
+    one_tile = Workload(batch=1, length=1236, answer_tokens=20, images_per_pair=1, tiles_per_image=2)
+    anyres = replace(one_tile, length=2400, tiles_per_image=5)
+    small, full = plan_memory(llava_next_7b, "4bit", one_tile), plan_memory(llava_next_7b, "4bit", anyres)
+    assert 5.0 < small.weights == full.weights < 6.0  # nf4 decoder + fp32 tower, embeddings and head
+    assert small.with_context < full.with_context < 40
+    assert "24 GB (L4, A10G)" in small.fitting_gpus()
+    assert plan_memory(llava_next_7b, "none", one_tile).weights > 2.5 * small.weights
+
+
+def test_plan_grows_with_batch_and_length_and_shrinks_with_checkpointing(llava_next_7b):
+    base = Workload(batch=1, length=2048, answer_tokens=50, images_per_pair=1, tiles_per_image=5)
+    plans = [plan_memory(llava_next_7b, "4bit", w) for w in (
+        base, replace(base, batch=2), replace(base, length=4096), replace(base, gradient_checkpointing=False))]
+    assert plans[0].activations < plans[1].activations and plans[0].activations < plans[2].activations
+    assert plans[3].activations > 5 * plans[0].activations  # every layer's activations kept
+    assert plans[0].adapter_and_optimizer == pytest.approx(41_943_040 * 2 * 4 / GIB)
+
+
+@pytest.fixture
+def full_size_model_dir(tmp_path, cache_dir):
+    """llava-v1.6-mistral-7b's config.json beside the shapes model's processor: a 7B the plan can count, offline."""
+    from entrypoint.models.shapes import build_shapes
+
+    shapes = build_shapes("llava-next", cache_dir / "shapes" / "llava-next")
+    model_dir = tmp_path / "llava-next-7b"
+    shutil.copytree(shapes, model_dir)
+    (model_dir / "config.json").write_text(full_config("llava-next").to_json_string())
+    return model_dir
+
+
+def test_a_gpu_the_plan_does_not_fit_is_refused_naming_the_settings(full_size_model_dir, monkeypatch, caplog):
+    import entrypoint.plan
+    from entrypoint.models.loading import ModelRef, load_processor
+    from entrypoint.plan import check_memory
+
+    model = ModelRef(str(full_size_model_dir), FAMILIES["llava-next"])
+    report = {"tokens": {"pair_tokens": {"p95": 2300, "max": 2400}, "answer_tokens": {"p95": 20},
+                         "image_tokens_per_image": {"images": 10}, "pairs_measured": 10}}
+    monkeypatch.setattr(entrypoint.plan, "device_memory_gib", lambda: 12.0)
+    monkeypatch.setenv("DPO_PER_DEVICE_TRAIN_BATCH_SIZE", "4")
+    with pytest.raises(ConfigError) as caught:
+        check_memory(load_settings(), model, load_processor(model), report)
+    message = str(caught.value)
+    assert "this one has 12.0 GiB" in message and "DPO_PER_DEVICE_TRAIN_BATCH_SIZE=1 with" in message
+    assert "DPO_MAX_IMAGE_TILES=1" in message and "DPO_MEMORY_CHECK=false" in message
+    monkeypatch.setenv("DPO_MEMORY_CHECK", "false")
+    with caplog.at_level(logging.WARNING, logger="entrypoint"):
+        plan = check_memory(load_settings(), model, load_processor(model), report)
+    assert plan.with_context > 12 and any("this one has 12.0 GiB" in r.getMessage() for r in caplog.records)
