@@ -144,12 +144,16 @@ def reductions(arch: Architecture, quantization: str, plan: MemoryPlan, settings
     return out
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
+
+
 def describe(plan: MemoryPlan, arch: Architecture, quantization: str, p95: MemoryPlan | None = None) -> list[str]:
     """The plan as log lines."""
     work = plan.workload
     fits = plan.fitting_gpus()
     lines = [
-        f"memory plan per GPU ({arch.params / 1e9:.2f}B parameters, {quantization}, LoRA {arch.lora_params / 1e6:.1f}M "
+        f"memory plan per GPU ({_count(arch.params)} parameters, {quantization}, LoRA {_count(arch.lora_params)} "
         f"trainable in {arch.lora_modules} layers; batch {work.batch} x {work.length} tokens, gradient checkpointing "
         f"{'on' if work.gradient_checkpointing else 'off'}):",
         f"  weights {plan.weights:.1f} GiB + LoRA and optimizer {plan.adapter_and_optimizer:.2f} GiB + activations "
