@@ -125,3 +125,19 @@ def test_pixel_cap_shrinks_keeping_aspect_and_never_enlarges():
     assert clean_image(Image.new("RGB", (300, 200)), SizeLimit(max_pixels=120_000)).size == (300, 200)
     capped = clean_image(Image.new("RGB", (1001, 999)), SizeLimit(longest=1008, max_pixels=10_000))
     assert capped.width * capped.height <= 10_000 and abs(capped.width / capped.height - 1001 / 999) < 0.02
+
+
+@pytest.mark.parametrize(("family", "max_tiles"), [("llava", None), ("idefics2", None), ("idefics2", 1)])
+def test_a_training_step_runs_on_every_size(shapes_dirs, family, max_tiles):
+    """Forward and backward at each pinned size, for the families whose grid has nothing to follow (LLaVA-NeXT's
+    is above): no feature/token mismatch, finite gradients."""
+    path = shapes_dirs[family]
+    processor = _processor(path, family, max_tiles)
+    model = getattr(transformers, FAMILIES[family].model_class).from_pretrained(path).train()
+    for size in SIZES:
+        inputs = processor(text=_prompt(processor) + " A red square.", images=[Image.new("RGB", size, "red")],
+                           return_tensors="pt")
+        model.zero_grad()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), size

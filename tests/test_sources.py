@@ -44,7 +44,9 @@ def test_missing_s3_data_is_a_config_error(bucket):
         check_source("s3://data/nothing/here")
 
 
-def test_a_hub_dataset_that_cannot_be_read_exits_2_before_any_model_loads(tmp_path, cache_dir):
-    result = run_job(job_env(cache_dir, tmp_path / "out", model="tiny:llava-next", dataset="someorg/not-cached"))
+@pytest.mark.parametrize("args", [(), ("--dry-run",)])  # a dry run streams the first rows to measure them
+def test_a_hub_dataset_that_cannot_be_read_exits_2_before_any_model_loads(tmp_path, cache_dir, args):
+    result = run_job(job_env(cache_dir, tmp_path / "out", model="tiny:llava-next", dataset="someorg/not-cached"),
+                     *args)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: DPO_DATASET=someorg/not-cached:" in result.stderr and "Traceback" not in result.stderr
