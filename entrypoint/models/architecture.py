@@ -32,21 +32,26 @@ class Architecture:
     layers: int
     vocab_size: int
     vision_hidden_size: int = 0
-    vision_layers: int = 0
     vision_patches: int = 0  # patches (tokens) the vision tower sees per image tile or crop
     vision_states_kept: int = 0  # hidden states the tower's forward keeps (all of them to pick a feature layer)
 
 
-def meta_model(config: Any, family: Family) -> Any:
-    """The family's model class built from `config` on the meta device (no weights, nothing allocated)."""
-    import torch
+def build_model(config: Any, family: Family) -> Any:
+    """The family's model class built from `config` (randomly initialised, on the current default device)."""
     import transformers
 
     model_class = getattr(transformers, family.model_class)
+    if model_class is transformers.AutoModelForCausalLM:
+        return model_class.from_config(config)
+    return model_class._from_config(config)
+
+
+def meta_model(config: Any, family: Family) -> Any:
+    """The family's model built from `config` on the meta device (no weights, nothing allocated)."""
+    import torch
+
     with torch.device("meta"):
-        if model_class is transformers.AutoModelForCausalLM:
-            return model_class.from_config(config)
-        return model_class._from_config(config)
+        return build_model(config, family)
 
 
 def load_config(config_path: Path, overrides: dict[str, Any] | None = None) -> Any:
@@ -89,7 +94,6 @@ def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
         kv_size=(getattr(text, "num_key_value_heads", None) or heads) * head_dim, layers=text.num_hidden_layers,
         vocab_size=text.vocab_size,
         vision_hidden_size=vision.hidden_size if vision else 0,
-        vision_layers=vision.num_hidden_layers if vision else 0,
         vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1 if vision else 0,
         vision_states_kept=(vision.num_hidden_layers + 1 if hasattr(config, "vision_feature_layer") else 1)
         if vision else 0)

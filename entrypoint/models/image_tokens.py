@@ -26,7 +26,7 @@ from entrypoint.models.families import Family
 def _tile_side(image_processor: Any) -> int:
     crop = getattr(image_processor, "crop_size", None) or {}
     crop = crop if isinstance(crop, dict) else vars(crop)
-    return int(crop.get("height") or min(image_processor.size["shortest_edge"], 10**9))
+    return int(crop.get("height") or image_processor.size["shortest_edge"])
 
 
 def limited_pinpoints(pinpoints: list[list[int]], tile: int, max_tiles: int) -> list[list[int]]:

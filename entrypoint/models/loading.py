@@ -28,6 +28,7 @@ class ModelRef:
     family: Family
     revision: str | None = None
     stands_for: str | None = None  # shapes: models: the published checkpoint whose geometry they have
+    config_file: Path | None = None  # its config.json on disk (for a Hub id, the copy fetched by resolve_model)
 
 
 def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: Path) -> ModelRef:
@@ -44,7 +45,7 @@ def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: P
         config = _hub_config(ref, revision)
         source = ref
     family = FAMILIES[family_name] if family_name != "auto" else family_from_config(config)
-    return ModelRef(source, family, revision)
+    return ModelRef(source, family, revision, config_file=config)
 
 
 def _built_offline(ref: str, cache_dir: Path) -> ModelRef:
@@ -63,10 +64,9 @@ def _built_offline(ref: str, cache_dir: Path) -> ModelRef:
 
 
 def config_path(model: ModelRef) -> Path:
-    """The model's config.json on disk (for a Hub id: the copy resolve_model cached)."""
-    if looks_local(model.source):
-        return Path(model.source) / "config.json"
-    return _hub_config(model.source, model.revision)
+    """The model's config.json on disk: the one resolve_model found or fetched (no second Hub request), or
+    the one in the model directory of a hand-made ModelRef."""
+    return model.config_file or Path(model.source) / "config.json"
 
 
 def _hub_config(repo_id: str, revision: str | None) -> Path:

@@ -137,8 +137,9 @@ def bpe_tokenizer(chat_template: str, special: dict[str, str] | None = None, voc
                                    chat_template=chat_template)
 
 
-def save_model(model_class: Any, config: Any, out_dir: Path, seed: int) -> None:
-    """Initialise from `seed` without disturbing the caller's random state, and save."""
+def save_model(model_class: Callable[[Any], Any], config: Any, out_dir: Path, seed: int) -> None:
+    """`model_class(config)` (a class or a builder), initialised from `seed` without disturbing the caller's
+    random state, and saved."""
     import torch
 
     with torch.random.fork_rng():

@@ -77,8 +77,7 @@ def narrow_config(family: str, tok: Any) -> Any:
 
 
 def _build(family: str, out_dir: Path, seed: int) -> None:
-    import transformers
-
+    from entrypoint.models.architecture import build_model
     from entrypoint.models.families import FAMILIES
 
     published = PUBLISHED[family]
@@ -88,10 +87,7 @@ def _build(family: str, out_dir: Path, seed: int) -> None:
         _write_json(out_dir / "preprocessor_config.json", published.image_processor)
         _write_json(out_dir / "processor_config.json", published.processor)
         (out_dir / "chat_template.jinja").write_text(published.chat_template)
-    model_class = getattr(transformers, FAMILIES[family].model_class)
-    if model_class is transformers.AutoModelForCausalLM:
-        model_class = transformers.MistralForCausalLM
-    save_model(model_class, narrow_config(family, tok), out_dir, seed)
+    save_model(lambda config: build_model(config, FAMILIES[family]), narrow_config(family, tok), out_dir, seed)
 
 
 def _write_json(path: Path, values: dict[str, Any]) -> None:
