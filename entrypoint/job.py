@@ -49,11 +49,12 @@ def run_paths(settings: JobSettings) -> RunPaths:
 
 def preflight(settings: JobSettings, paths: RunPaths) -> Any:
     """Checks that need no model weights: model, data, publishing destinations. Returns the model."""
-    from entrypoint.data.sources import check_source
+    from entrypoint.data.sources import check_image_dir, check_source
     from entrypoint.models.loading import resolve_model
 
     model = resolve_model(settings.model, settings.model_family, settings.model_revision, paths.cache_dir)
     check_source(settings.dataset)
+    check_image_dir(settings.image_dir)
     if settings.s3_uri:
         from entrypoint.publish.s3 import check_destination
 

@@ -89,6 +89,17 @@ def _is_job_default(var: str) -> bool:
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 TOKENS_START, TOKENS_END = "<!-- image-tokens:start -->", "<!-- image-tokens:end -->"
+FORMATS_START, FORMATS_END = "<!-- formats:start -->", "<!-- formats:end -->"
+
+
+def formats_markdown() -> str:
+    """The dataset formats, in the order `DPO_DATASET_FORMAT=auto` tries them."""
+    from entrypoint.data.formats import FORMATS
+
+    lines = ["| `DPO_DATASET_FORMAT` | detected when the columns include | what it reads |", "|---|---|---|"]
+    for fmt in FORMATS.values():
+        lines.append(f"| `{fmt.name}` | {', '.join(f'`{c}`' for c in sorted(fmt.required))} | {fmt.description} |")
+    return "\n".join(lines) + "\n"
 
 # The image-token table: sizes (width x height) and columns (family, DPO_MAX_IMAGE_TILES, DPO_IMAGE_MAX_PIXELS).
 TABLE_SIZES = [(336, 336), (640, 480), (1024, 768), (1920, 1080), (4000, 3000), (300, 1200), (2000, 500), (50, 50)]
@@ -140,6 +151,7 @@ def update_readme(path: str) -> bool:
         text = handle.read()
     new = _replace_block(text, START, END, markdown())
     new = _replace_block(new, TOKENS_START, TOKENS_END, image_token_markdown())
+    new = _replace_block(new, FORMATS_START, FORMATS_END, formats_markdown())
     if new != text:
         with open(path, "w") as handle:
             handle.write(new)

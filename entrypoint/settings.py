@@ -53,12 +53,24 @@ class JobSettings(BaseSettings):
     # --- data
     dataset: str = Field("openbmb/RLAIF-V-Dataset", description=(
         "Preference data: a Hub dataset id, `s3://bucket/key` (a file or a prefix), a local parquet/jsonl/json/csv "
-        "file or directory, or `sample:<name>` (generated offline; names: rlaif-v, rlaif-v-photos, vqa-rad, text)."))
-    dataset_format: Literal["auto", "rlaif-v", "vqa-rad", "preference"] = Field("auto", description=(
-        "How rows become prompt/chosen/rejected pairs; `auto` picks it from the columns."))
+        "file or directory, or `sample:<name>` (generated offline; names: rlaif-v, rlaif-v-photos, vqa-rad, text, "
+        "rlhf-v, llava-conversations)."))
+    dataset_format: Literal["auto", "rlaif-v", "rlhf-v", "vqa-rad", "llava-conversations", "preference"] = Field(
+        "auto", description=("How rows become prompt/chosen/rejected pairs; `auto` picks it from the columns "
+                             "(formats and their columns: README, Data)."))
     dataset_columns: str = Field("", description=(
         "Column mapping for the `preference` format, e.g. `prompt=question,chosen=good,rejected=bad,image=img`."))
     dataset_split: str = Field("train", description="Dataset split to read.")
+    image_dir: Path | None = Field(None, description=(
+        "Folder that image paths in the data are relative to (LLaVA conversation JSON). Default: the folder of "
+        "the data file (or the data folder itself)."))
+    bad_rows: Literal["skip", "fail"] = Field("skip", description=(
+        "A row that cannot be used (missing or empty text, chosen equal to rejected, a missing or unreadable image, "
+        "wrong types, over the token budget): `skip` drops it and counts its reason in data_report.json; `fail` "
+        "stops at the first one (exit 2, naming the row and the reason)."))
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description=(
+        "Most of the rows that may be bad (every reason but the token budget, which has DPO_MAX_DROP_FRACTION) "
+        "before the job refuses to start (exit 2, with the top reasons and example rows)."))
     max_samples: int | None = Field(None, gt=0, description=(
         "Use at most this many rows (after shuffling with the seed)."))
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Fraction of pairs held out for evaluation.")

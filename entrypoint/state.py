@@ -27,7 +27,7 @@ _NOT_TRAINING = {
     "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
     "per_device_eval_batch_size", "eval_strategy", "eval_steps", "eval_delay", "project",
     "trackio_space_id", "log_level", "log_level_replica", "log_on_each_node", "resume_from_checkpoint",
-    "memory_check", "max_drop_fraction",
+    "memory_check", "max_drop_fraction", "image_dir", "bad_rows", "max_bad_fraction",
 }
 
 

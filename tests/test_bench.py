@@ -1,7 +1,9 @@
-"""The GPU benchmark's script runs (on a CPU, with the shapes: model), so it cannot rot between GPU sessions."""
+"""The benchmarks' scripts run (the GPU one on a CPU, with the shapes: model; the data one on a few rows), so they
+cannot rot between benchmark sessions."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -18,3 +20,19 @@ def test_bench_gpu_runs_both_settings_and_prints_plan_and_measure(tmp_path, cach
     tokens = [int(row.split("|")[4]) for row in rows]  # pair tokens p50: anyres costs more than 1 tile
     assert tokens[0] < tokens[1]
     assert "CPU (shapes:llava-next, not a GPU figure)" in result.stdout
+
+
+def test_bench_data_times_ours_naive_and_floor_and_keeps_every_row(tmp_path):
+    out = tmp_path / "results.json"
+    env = job_env(tmp_path / "cache", tmp_path / "unused")
+    result = subprocess.run([sys.executable, "bench/bench_data.py", "--rows", "12", "--num-proc", "2", "--out",
+                             str(out), "--work", str(tmp_path / "work")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    contenders = results["contenders"]
+    assert set(contenders) == {"ours", "naive", "floor", "floor_parallel"}
+    assert all(entry["rows_per_s"] > 0 for entry in contenders.values())
+    assert contenders["ours"]["pairs"] == results["rows"] == 12  # prepare() dropped nothing
+    assert results["data"]["rows"] == 12 and 0.05 < results["data"]["bytes_per_pixel"] < 1  # photo-like JPEGs
+    assert "| ours (prepare) | 2 |" in result.stdout

@@ -3,6 +3,8 @@ alike, and images of any shape either measured and run or skipped with their rea
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import transformers
@@ -60,6 +62,19 @@ def test_tokens_an_image_are_the_hand_worked_counts(shapes_dirs, family, max_til
     # the job shrinks images before the processor sees them: the count must not change
     limit = size_limit(processor.image_processor)
     assert [count(clean_image(Image.new("RGB", size), limit).size) for size in SIZES] == EXPECTED[family, max_tiles]
+
+
+@pytest.mark.parametrize(("family", "max_tiles"), list(EXPECTED))
+def test_the_fast_counts_equal_the_processors_own_expansion_on_every_shape(shapes_dirs, family, max_tiles):
+    """The job counts with transformers' formula (checked first on PROBE_SIZES) or once for families whose
+    count never depends on the size; here both against the processor on 40 sizes the probe never saw."""
+    processor = _processor(shapes_dirs[family], family, max_tiles)
+    fast = ImageTokens(processor, FAMILIES[family].image_tokens_fixed)
+    rng = random.Random(f"{family}{max_tiles}")
+    sizes = [(rng.randint(2, 4000), rng.randint(2, 4000)) for _ in range(40)]
+    sizes = [s for s in sizes if max(s) <= 20 * min(s)]  # the shapes the job passes on (images.MAX_ASPECT_RATIO)
+    assert [fast(size) for size in sizes] == [fast.measured(size) for size in sizes]
+    assert fast.same_for_every_size or fast._formula is not None  # the fast path is really taken
 
 
 def _prompt(processor):

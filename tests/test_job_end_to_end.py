@@ -111,6 +111,9 @@ def test_dry_run_checks_and_writes_nothing(tmp_path, cache_dir):
     ({"model": "/no/such/model"}, "DPO_MODEL=/no/such/model: no such model directory"),
     ({"dataset": "./no/such.parquet"}, "DPO_DATASET=./no/such.parquet: no such file or directory"),
     ({"dataset": "sample:nope"}, "DPO_DATASET='sample:nope': unknown sample"),
+    ({"image_dir": "/no/such/images"}, "DPO_IMAGE_DIR=/no/such/images: no such folder"),
+    ({"bad_rows": "ignore"}, "DPO_BAD_ROWS='ignore': must be one of 'skip' or 'fail'"),
+    ({"dataset_format": "llava"}, "DPO_DATASET_FORMAT='llava': must be one of"),
     ({"bf16": "true", "fp16": "true"}, "training settings:"),
 ])
 def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path, cache_dir, settings, message):
@@ -125,6 +128,8 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path, cache_dir, 
 @pytest.mark.parametrize(("model", "dataset", "fmt"), [
     ("tiny:llava", "sample:vqa-rad", "vqa-rad"),  # medical imaging: pairs built from answers
     ("tiny:idefics2", "sample:rlaif-v", "rlaif-v"),
+    ("tiny:llava-next", "sample:llava-conversations", "llava-conversations"),  # multi-turn, EXIF, JPEG files
+    ("tiny:llava", "sample:rlhf-v", "rlhf-v"),
     ("tiny:causal-lm", "sample:text", "preference"),  # text-only preference tuning
 ])
 def test_every_family_and_scenario_trains_and_publishes_the_contract(tmp_path, cache_dir, model, dataset, fmt):

@@ -36,6 +36,12 @@ def test_readme_image_token_table_is_measured_with_the_published_processors():
     assert block == "\n" + reference.image_token_markdown(), "README is stale: run `make docs`"
 
 
+def test_readme_formats_table_is_generated_from_the_registry():
+    text = (ROOT / "README.md").read_text()
+    block = text.split(reference.FORMATS_START, 1)[1].split(reference.FORMATS_END, 1)[0]
+    assert block == "\n" + reference.formats_markdown(), "README is stale: run `make docs`"
+
+
 @pytest.mark.parametrize("package", KEY_PACKAGES)
 def test_installed_versions_are_the_locked_ones(package):
     locked = locked_versions(ROOT / "requirements.lock")

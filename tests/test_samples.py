@@ -5,20 +5,26 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pathlib
 
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from entrypoint.data.formats import resolve_format
+from entrypoint.data import samples
+from entrypoint.data.formats import IMAGE_MARKER, resolve_format
+from entrypoint.data.images import SizeLimit
+from entrypoint.data.prepare import prepare
 from entrypoint.data.samples import PHOTO_SIZES, SAMPLE_VERSION, SAMPLES, write_sample
 from entrypoint.errors import ConfigError
 
 S = datasets.Value("string")
-# Copied from the dataset cards of openbmb/RLAIF-V-Dataset and flaviagiammarino/vqa-rad, not from
-# the module, so a change to the module cannot silently drift from the real datasets.
+# Copied from the dataset cards of openbmb/RLAIF-V-Dataset, flaviagiammarino/vqa-rad and
+# openbmb/RLHF-V-Dataset, not from the module, so a change to the module cannot silently drift from the
+# real datasets. LLaVA's conversation JSON has no card: its columns are those datasets' json builder reads
+# from liuhaotian/LLaVA-Pretrain's blip_laion_cc_sbu_558k.json.
 RLAIF_V = datasets.Features({"ds_name": S, "image": datasets.Image(), "question": S, "chosen": S, "rejected": S,
                              "origin_dataset": S, "origin_split": S, "idx": S, "image_path": S})
 REAL_FEATURES = {
@@ -26,8 +32,25 @@ REAL_FEATURES = {
     "rlaif-v-photos": RLAIF_V,
     "vqa-rad": datasets.Features({"image": datasets.Image(), "question": S, "answer": S}),
     "text": datasets.Features({"prompt": S, "chosen": S, "rejected": S}),
+    "rlhf-v": datasets.Features({"ds_name": S, "image": datasets.Image(), "text": S, "origin_dataset": S,
+                                 "origin_split": S, "idx": datasets.Value("int64"), "image_path": S}),
+    "llava-conversations": datasets.Features({"id": S, "image": S,
+                                              "conversations": datasets.List({"from": S, "value": S})}),
 }
-EXPECTED_FORMAT = {"rlaif-v": "rlaif-v", "rlaif-v-photos": "rlaif-v", "vqa-rad": "vqa-rad", "text": "preference"}
+EXPECTED_FORMAT = {"rlaif-v": "rlaif-v", "rlaif-v-photos": "rlaif-v", "vqa-rad": "vqa-rad", "text": "preference",
+                   "rlhf-v": "rlhf-v", "llava-conversations": "llava-conversations"}
+JSON_SAMPLES = ("llava-conversations",)  # a JSON file with image files beside it, in a directory of its own
+# LLaVA's brief-caption instructions (its LCS-558K pretrain data), written out here.
+LLAVA_BRIEF = {
+    "Describe the image concisely.", "Provide a brief description of the given image.",
+    "Offer a succinct explanation of the picture presented.", "Summarize the visual content of the image.",
+    "Give a short and clear explanation of the subsequent image.",
+    "Share a concise interpretation of the image provided.",
+    "Present a compact description of the photo's key features.",
+    "Relay a brief, clear account of the picture shown.",
+    "Render a clear and concise summary of the photo.", "Write a terse but informative summary of the picture.",
+    "Create a compact narrative representing the image presented.",
+}
 # The documented sizes (width, height) of `rlaif-v-photos`, in order; written out here, not taken from
 # the module, so that a changed list is a deliberate change.
 DOCUMENTED_PHOTO_SIZES = [
@@ -35,33 +58,46 @@ DOCUMENTED_PHOTO_SIZES = [
     (4000, 1000), (3000, 600), (1080, 2400), (600, 3000), (336, 336), (300, 1200), (2000, 500), (50, 50),
 ]
 # What the samples held when SAMPLE_VERSION was last bumped: decoded pixels and text, so PNG or parquet
-# encoder changes do not count. If this fails, the generator changed: bump SAMPLE_VERSION (so cached
-# files are not reused) and update the digest.
+# encoder changes do not count (JPEG is lossy: for `llava-conversations` the pixels are libjpeg's, so a
+# libjpeg-turbo that encodes or decodes differently would change that digest). If this fails, the
+# generator changed: bump SAMPLE_VERSION (so cached files are not reused) and update the digest.
 CONTENT_DIGESTS = {
     "rlaif-v": "1acfb24c7c75cfcfbff38f28a947531b71e9f555ffcaed91c5a21f46d2fae06b",
     "vqa-rad": "3c93a093ae37da5c0398a08b72f1eed81ce3348edcafc261dcd2d98d15cb4ce7",
     "text": "3663ba39615c839109dbf301d4d2517b1f54d08a014685f2b53ba7b60ca1d6fa",
+    "rlhf-v": "bbbfe08538a57910727db553e2e54dfcd2b27063077198932221f914b6cefbe4",
+    "llava-conversations": "70864ba3be92dfd490ef56ba632fc29775aec9e1bfdfa8382f676ddab311a319",
 }
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """Each sample written once and loaded back the way the job loads it."""
-    out = tmp_path_factory.mktemp("samples")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("samples")
+
+
+@pytest.fixture(scope="module")
+def loaded(out_dir, tmp_path_factory):
+    """Each sample written once and loaded back the way the job loads it (sources._load_local: the
+    builder named by the file's suffix), with a cache of the test's own."""
     cache = tmp_path_factory.mktemp("hf-cache")
     result = {}
     for name in SAMPLES:
-        path = write_sample(name, out)
-        result[name] = (path, datasets.load_dataset("parquet", data_files=str(path), split="train",
+        path = write_sample(name, out_dir)
+        builder = {".parquet": "parquet", ".json": "json"}[path.suffix]
+        result[name] = (path, datasets.load_dataset(builder, data_files=str(path), split="train",
                                                     cache_dir=str(cache)))
     return result
 
 
-def test_names_and_file_name(loaded):
-    assert SAMPLES == ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text")
+def test_names_and_file_name(loaded, out_dir):
+    assert SAMPLES == ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text", "rlhf-v", "llava-conversations")
     for name, (path, _) in loaded.items():
-        assert path.name == f"{name}-48-0-v{SAMPLE_VERSION}.parquet"
-        assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp files left
+        if name in JSON_SAMPLES:  # a directory of its own, holding the JSON and the image folders
+            assert path == out_dir / f"{name}-48-0-v{SAMPLE_VERSION}" / "chat.json"
+        else:
+            assert path == out_dir / f"{name}-48-0-v{SAMPLE_VERSION}.parquet"
+    for folder in (out_dir, *(loaded[name][0].parent for name in JSON_SAMPLES)):
+        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -69,8 +105,12 @@ def test_schema_is_the_real_one(loaded, name):
     path, rows = loaded[name]
     assert rows.features == REAL_FEATURES[name]
     assert list(rows.column_names) == list(REAL_FEATURES[name])
-    # The Hub's `Image` feature is in the file's own metadata, not just inferred by the loader.
-    assert datasets.Features.from_arrow_schema(pq.read_schema(path)) == REAL_FEATURES[name]
+    if name in JSON_SAMPLES:  # JSON has no schema: every record has LLaVA's keys, in LLaVA's order
+        records = json.loads(path.read_text())
+        assert all(list(record) == list(REAL_FEATURES[name]) for record in records)
+        assert all(list(turn) == ["from", "value"] for record in records for turn in record["conversations"])
+    else:  # The Hub's `Image` feature is in the file's own metadata, not just inferred by the loader.
+        assert datasets.Features.from_arrow_schema(pq.read_schema(path)) == REAL_FEATURES[name]
     assert len(rows) == 48
 
 
@@ -117,6 +157,13 @@ def test_photo_shapes_stay_visible(loaded):
 
 def _content_digest(path) -> str:
     digest = hashlib.sha256()
+    if path.suffix == ".json":  # each record, and its image file's decoded pixels and EXIF orientation
+        for record in json.loads(path.read_text()):
+            with Image.open(path.parent / record["image"]) as image:
+                pixels = [image.mode, image.size, hashlib.sha256(image.tobytes()).hexdigest(),
+                          image.getexif().get(ORIENTATION, 1)]
+            digest.update(json.dumps([record, pixels]).encode())
+        return digest.hexdigest()
     for row in pq.read_table(path).to_pylist():
         for key, value in row.items():
             if isinstance(value, dict):  # an image: its decoded pixels (and palette), not its PNG bytes
@@ -151,11 +198,18 @@ def test_text_pairs_are_learnable(loaded):
             assert row["rejected"] != row["chosen"][len("Sure! "):]
 
 
+def _sample_bytes(path: pathlib.Path) -> dict[str, bytes]:
+    """Every byte of a sample: its file, or for a JSON sample every file in its directory."""
+    if path.suffix != ".json":
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path.parent)): p.read_bytes() for p in sorted(path.parent.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("name", SAMPLES)
 def test_deterministic(tmp_path, name):
-    first = write_sample(name, tmp_path / "a", rows=32, seed=3).read_bytes()
-    assert write_sample(name, tmp_path / "b", rows=32, seed=3).read_bytes() == first
-    assert write_sample(name, tmp_path / "c", rows=32, seed=4).read_bytes() != first
+    first = _sample_bytes(write_sample(name, tmp_path / "a", rows=32, seed=3))
+    assert _sample_bytes(write_sample(name, tmp_path / "b", rows=32, seed=3)) == first
+    assert _sample_bytes(write_sample(name, tmp_path / "c", rows=32, seed=4)) != first
 
 
 def test_longer_sample_extends_shorter(tmp_path):
@@ -164,10 +218,11 @@ def test_longer_sample_extends_shorter(tmp_path):
     assert long[:32] == short and len(long) == 40
 
 
-def test_cached_file_is_not_rewritten(tmp_path):
-    path = write_sample("vqa-rad", tmp_path, rows=32)
+@pytest.mark.parametrize("name", ["vqa-rad", "llava-conversations"])
+def test_cached_file_is_not_rewritten(tmp_path, name):
+    path = write_sample(name, tmp_path, rows=32)
     before = path.stat().st_mtime_ns
-    assert write_sample("vqa-rad", tmp_path, rows=32) == path
+    assert write_sample(name, tmp_path, rows=32) == path
     assert path.stat().st_mtime_ns == before
 
 
@@ -176,3 +231,125 @@ def test_bad_arguments(tmp_path):
         write_sample("nope", tmp_path)
     with pytest.raises(ConfigError, match="rows"):
         write_sample("text", tmp_path, rows=0)
+
+
+# --- rlhf-v and llava-conversations --------------------------------------------------------------
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def test_rlhf_v_rows_are_rlaif_v_content_in_one_json_text(loaded):
+    rows = loaded["rlhf-v"][1]
+    texts = [json.loads(text) for text in rows["text"]]
+    assert all(list(item) == ["question", "chosen", "rejected"] for item in texts)
+    assert all(item["chosen"] != item["rejected"] for item in texts)
+    assert set(rows["ds_name"]) == {"RLHF-V"} and rows["idx"] == list(range(48))
+    assert {json.loads(split)["type"] for split in rows["origin_split"]} == {"color", "shape", "count", "describe",
+                                                                             "exists"}
+    # The same generator as rlaif-v (modes cycled by row index), drawn from its own RNG: other rows.
+    rlaif_v = loaded["rlaif-v"][1]
+    assert [image.mode for image in rows["image"]] == [image.mode for image in rlaif_v["image"]]
+    assert [item["question"] for item in texts] != rlaif_v["question"]
+    assert sum(a.tobytes() != b.tobytes() for a, b in zip(rows["image"], rlaif_v["image"], strict=True)) > 40
+
+
+def _picture(image: Image.Image) -> tuple[str, str, int, bool | None]:
+    """What an upright sample picture shows, read from its pixels: (background, colour, count, whether a
+    triangle's apex is up, or None when the shapes are not triangles)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+    background = min(samples._BACKGROUNDS, key=lambda b: np.abs(pixels[0, 0] - samples._BACKGROUNDS[b]).sum())
+    distance = np.abs(pixels - samples._BACKGROUNDS[background]).sum(axis=-1)
+    shape = distance > 150  # well inside a shape: JPEG blurs the edges
+    color = min(samples._COLORS, key=lambda c: np.abs(np.median(pixels[shape], axis=0) - samples._COLORS[c]).sum())
+    across = shape.any(axis=0) if image.width >= image.height else shape.any(axis=1)  # the shapes' row or column
+    count = int(across[0]) + int(np.count_nonzero(across[1:] & ~across[:-1]))
+    filled = shape.any(axis=1)
+    start = int(np.argmax(filled))
+    end = start + int(np.argmin(filled[start:])) if not filled[start:].all() else len(filled)
+    drawn = shape[start:end]  # the rows of the first shape (of them all, when they are side by side)
+    top, bottom = drawn[:len(drawn) // 2].sum(), drawn[-(len(drawn) // 2):].sum()
+    apex_up = True if top < 0.8 * bottom else False if bottom < 0.8 * top else None  # squares, circles: even
+    return background, color, count, apex_up
+
+
+def test_llava_sample_is_llava_conversation_json(loaded):
+    path = loaded["llava-conversations"][0]
+    records = json.loads(path.read_text())
+    assert isinstance(records, list) and len(records) == 48  # an array, not JSON lines
+    placements, multi_turn, rotated = set(), [], []
+    for i, record in enumerate(records):
+        assert record["id"].isdigit() and len(record["id"]) == 9
+        assert record["image"] == f"{record['id'][:5]}/{record['id']}.jpg"  # LLaVA's layout, relative
+        turns = record["conversations"]
+        assert [turn["from"] for turn in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) in (2, 4)
+        first = turns[0]["value"]
+        assert first.count(IMAGE_MARKER) == 1 and sum(IMAGE_MARKER in turn["value"] for turn in turns) == 1
+        placements.add("before" if first.startswith(IMAGE_MARKER + "\n") else "after")
+        assert first.replace(IMAGE_MARKER, "").strip() in LLAVA_BRIEF
+        if len(turns) == 4:
+            multi_turn.append(i)
+        with Image.open(path.parent / record["image"]) as image:  # the path resolves beside the JSON
+            assert image.format == "JPEG" and image.mode == "RGB"
+            orientation = image.getexif().get(ORIENTATION, 1)
+            upright = ImageOps.exif_transpose(image)
+        if orientation != 1:
+            assert orientation == 6 and upright.size == image.size[::-1]
+            rotated.append(i)
+        assert all(24 <= side <= 96 for side in upright.size)
+        # The caption is true of the picture, read back from its pixels (upright, as the job sees it).
+        count, color, shape, _, _, background, _ = turns[1]["value"].split()
+        seen_background, seen_color, seen_count, apex_up = _picture(upright)
+        assert (seen_background, seen_color, seen_count) == (background, color, samples._NUMBERS.index(count)), i
+        assert apex_up is (True if shape.startswith("triangle") else None), i
+        if len(turns) == 4:  # the follow-up is about the same picture, and true of it too
+            assert turns[3]["value"] in (f"There {'is' if count == 'one' else 'are'} {count}.",
+                                         f"The {shape} {'is' if count == 'one' else 'are'} {color}.")
+    assert placements == {"before", "after"}
+    assert multi_turn == list(range(3, 48, 4))
+    assert rotated == list(range(5, 48, 8))
+    # A rotated triangle comes out upright (apex up) only if the rotation is undone the right way round.
+    assert any(records[i]["conversations"][1]["value"].split()[2].startswith("triangle") for i in rotated)
+
+
+def test_longer_llava_sample_extends_shorter(tmp_path):
+    short = json.loads(write_sample("llava-conversations", tmp_path, rows=8).read_text())
+    long = json.loads(write_sample("llava-conversations", tmp_path, rows=12).read_text())
+    assert long[:8] == short and len(long) == 12
+
+
+def test_llava_sample_written_by_another_process_first_is_kept(tmp_path, monkeypatch):
+    """Two ranks writing at once: the loser's rename fails on the winner's full directory, and it
+    returns the winner's JSON, leaving no temporary directory."""
+    records = samples._records
+    calls = []
+
+    def racing(name, rows, seed):
+        if not calls:
+            calls.append(name)
+            winner = write_sample(name, tmp_path, rows=rows, seed=seed)  # finishes while this one builds
+            calls.append(winner.stat().st_mtime_ns)
+        return records(name, rows, seed)
+
+    monkeypatch.setattr(samples, "_records", racing)
+    path = write_sample("llava-conversations", tmp_path, rows=4)
+    assert path == tmp_path / f"llava-conversations-4-0-v{SAMPLE_VERSION}" / "chat.json"
+    assert path.stat().st_mtime_ns == calls[1]  # the winner's file, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.parent.name]
+    assert len(json.loads(path.read_text())) == 4
+
+
+@pytest.mark.parametrize("name", ["rlhf-v", "llava-conversations"])
+def test_new_samples_prepare_without_drops(tmp_path, name):
+    """Through the job's own data path: detected, loaded (images beside the JSON found), every row a pair."""
+    prepared = prepare(f"sample:{name}", "train", fmt_name="auto", column_spec="", seed=0, max_samples=None,
+                       eval_fraction=0.1, max_eval_pairs=8, limit=SizeLimit(longest=64), cache_dir=tmp_path)
+    report = prepared.report
+    assert report["format"] == name and report["format_detected"]
+    assert report["dropped"] == {} and report["rows_read"] == 48 and report["pairs"] == 48
+    pairs = prepared.train.to_list() + prepared.eval.to_list()
+    assert len(pairs) == 48 and all(len(pair["images"]) == 1 for pair in pairs)
+    if name == "llava-conversations":  # the multi-turn rows keep their earlier turns as the prompt
+        assert sorted(len(pair["prompt"]) for pair in pairs) == [1] * 36 + [3] * 12
+        for pair in pairs:  # the EXIF-rotated photos are stored upright, with no rotation left to apply
+            with Image.open(io.BytesIO(pair["images"][0]["bytes"])) as image:
+                assert image.getexif().get(ORIENTATION, 1) == 1

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import job_env, run_job
 from entrypoint import s3
+from entrypoint.data.images import SizeLimit
+from entrypoint.data.prepare import prepare
 from entrypoint.data.samples import write_sample
 from entrypoint.data.sources import check_source, load_rows
 from entrypoint.errors import ConfigError
@@ -37,6 +39,19 @@ def test_s3_file_and_prefix_load_the_same_rows_and_a_rerun_downloads_nothing(tmp
     mtime = local.stat().st_mtime_ns
     load_rows("s3://data/sets/rlaif", "train", tmp_path / "cache")
     assert local.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("name", ["rlhf-v", "llava-conversations"])
+def test_each_new_format_prepares_from_an_s3_prefix_llava_images_beside_its_json(tmp_path, bucket, name):
+    """A LLaVA set on S3 is its JSON and the image folders under one prefix: downloaded together, the image
+    paths resolve beside the JSON as they do locally."""
+    sample = write_sample(name, tmp_path / "src", rows=16)
+    for path in (p for p in sample.parent.rglob("*") if p.is_file()):  # the parquet; or the JSON and its images
+        bucket.upload_file(str(path), "data", f"sets/{name}/{path.relative_to(sample.parent)}")
+    data = prepare(f"s3://data/sets/{name}", "train", fmt_name="auto", column_spec="", seed=0, max_samples=None,
+                   eval_fraction=0, max_eval_pairs=1, limit=SizeLimit(longest=64), cache_dir=tmp_path / "cache")
+    assert data.report["format"] == name and data.report["pairs"] == 16 and data.report["dropped"] == {}
+    assert all(len(images) == 1 for images in data.train["images"])
 
 
 def test_missing_s3_data_is_a_config_error(bucket):

@@ -13,7 +13,7 @@ from PIL import Image
 from entrypoint.data.budget import PairLengths, spread, token_report
 from entrypoint.data.formats import make_pair, message_text
 from entrypoint.data.images import size_limit
-from entrypoint.data.prepare import prepare
+from entrypoint.data.prepare import RowRules, prepare
 from entrypoint.data.samples import write_sample
 from entrypoint.errors import ConfigError
 from entrypoint.models.shapes import build_shapes
@@ -35,7 +35,7 @@ def test_pair_lengths_equal_trls_collator_token_for_token(processors, family, si
 
     processor = processors[family]
     pair = make_pair("What color is the square?", "The square is red.", "It is a blue circle, I think.",
-                     Image.new("RGB", size, "red"))
+                     [Image.new("RGB", size, "red")])
     lengths = PairLengths(processor)(pair)
     batch = DataCollatorForVisionPreference(processor)([copy.deepcopy(pair)])
     chosen, rejected = batch["attention_mask"].sum(dim=1).tolist()
@@ -109,6 +109,11 @@ def test_text_pairs_are_measured_and_cut_answers_counted(processors, tmp_path):
     assert data.report["dropped"] == {"prompt (with image tokens) reaches DPO_MAX_LENGTH": 1}
     assert sorted(message_text(p) for p in data.train["prompt"]) == ["ok", "short"]
     assert data.report["tokens"]["answers_cut"] == 1
+    with pytest.raises(ConfigError, match=r"DPO_BAD_ROWS=fail: row 1 of .*: prompt \(with image tokens\) reaches "
+                                          "DPO_MAX_LENGTH"):
+        prepare(str(path), "train", fmt_name="auto", column_spec="", seed=0, max_samples=None, eval_fraction=0,
+                max_eval_pairs=1, limit=None, cache_dir=tmp_path, pair_lengths=PairLengths(tokenizer),
+                max_length=30, rules=RowRules(bad_rows="fail"))
 
 
 @pytest.mark.parametrize("family", VISION)

@@ -23,27 +23,31 @@ ROUND_TO = 64  # suggested lengths are rounded up to this (GPU-friendly shapes)
 class PairLengths:
     """Callable: a pair's prompt, chosen and rejected lengths in tokens, and each image's tokens."""
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, family: Any = None):
+        """`family` (models/families.py): where it says every image costs the same, one is measured."""
         from entrypoint.models.image_tokens import ImageTokens
 
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.image_tokens = ImageTokens(processor) if self.tokenizer is not processor else None
+        fixed = bool(family and family.image_tokens_fixed)
+        self.image_tokens = ImageTokens(processor, fixed) if self.tokenizer is not processor else None
 
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def __call__(self, pair: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, pair: dict[str, Any], sizes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+        """`sizes`: each image's (width, height), when `pair["images"]` holds stored bytes, not images."""
         from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
         images = pair.get("images") or []
+        sizes = [image.size for image in images] if sizes is None else sizes
         example = {key: pair[key] for key in ("prompt", "chosen", "rejected")}
         if self.image_tokens is not None:  # as DataCollatorForVisionPreference does
             example = {"prompt": prepare_multimodal_messages(example["prompt"], images=images),
                        "chosen": prepare_multimodal_messages(example["chosen"]),
                        "rejected": prepare_multimodal_messages(example["rejected"])}
         texts = apply_chat_template(example, self.processor)
-        per_image = [self.image_tokens(image.size) for image in images] if self.image_tokens else []
+        per_image = [self.image_tokens(size) for size in sizes] if self.image_tokens else []
         expanded = sum(n - self.image_tokens.placeholder for n in per_image)  # the prompt text holds placeholders
         return {"prompt_tokens": self._count(texts["prompt"]) + expanded,
                 "chosen_tokens": self._count(texts["chosen"]), "rejected_tokens": self._count(texts["rejected"]),

@@ -14,15 +14,26 @@ same code path (format detection, image cleaning, collation) as the real thing:
   without a bright "lesion"; half yes/no questions, half open ones, like the real set.
 - `text`: a plain (non-conversational) preference set, prompt/chosen/rejected strings: polite
   correct answers to sums and facts are chosen, wrong or rude ones rejected.
+- `rlhf-v`: openbmb/RLHF-V-Dataset: the content of `rlaif-v` (drawn from other seeds, so the rows
+  differ), with question, chosen and rejected as one JSON object in the `text` column and an int `idx`.
+- `llava-conversations`: LLaVA's conversation JSON (liuhaotian/LLaVA-Pretrain's
+  blip_laion_cc_sbu_558k.json): a JSON array of {"id", "image", "conversations"} whose images are
+  RGB JPEG files at relative paths (`00000/000000012.jpg`) beside the JSON, in a directory of its
+  own (`write_sample` returns the JSON's path). A human asks for a brief caption with one of LLaVA's
+  instructions, `<image>` before or after it; the gpt caption names the colour, count and shape
+  drawn. Every 4th row goes on as in LLaVA-Instruct (a question about the colour or the count, and
+  its answer); one row in 8 is stored rotated with EXIF orientation 6, as phones do. The
+  rejected answer is built by the format, from the other rows' answers.
 
 The preferences follow from the content (the image, the sum), so a model can in principle learn
 them: a training run on a sample shows a real signal, not noise. Images have varied sizes (24-96 px,
-drawn at random, except in `rlaif-v-photos`) and, for `rlaif-v` and `rlaif-v-photos`, the modes
-(L, RGBA, P) that real data brings, to exercise the RGB conversion. Shapes are drawn in proportion
+drawn at random, except in `rlaif-v-photos`) and, for `rlaif-v`, `rlaif-v-photos` and `rlhf-v`, the
+modes (L, RGBA, P) that real data brings, to exercise the RGB conversion. Shapes are drawn in proportion
 to the image, so they stay visible at any size.
 
 Every row is drawn from its own RNG seeded by (name, seed, row index): the same seed gives the same
-file, byte for byte, and a longer sample starts with the rows of a shorter one.
+file, byte for byte (for `llava-conversations`, the JSON and every JPEG), and a longer sample starts
+with the rows of a shorter one.
 """
 
 from __future__ import annotations
@@ -33,13 +44,14 @@ import json
 import os
 import pathlib
 import random
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from entrypoint.errors import ConfigError
 
-SAMPLES: tuple[str, ...] = ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text")
+SAMPLES: tuple[str, ...] = ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text", "rlhf-v", "llava-conversations")
 
 MIN_SIDE, MAX_SIDE = 24, 96
 # `rlaif-v-photos`' image sizes (width, height), cycled by row index. With 8 modes cycling beside
@@ -60,8 +72,9 @@ SAMPLE_VERSION = 1  # in the file name: bump when the generator changes, so cach
 
 
 def _features(name: str):
-    """The schemas of the real datasets (from their dataset cards); `text` is TRL's standard format."""
-    from datasets import Features, Value
+    """The schemas of the real datasets (from their dataset cards); `text` is TRL's standard format.
+    For `llava-conversations`, a JSON file, the columns that datasets' json builder reads from it."""
+    from datasets import Features, List, Value
     from datasets import Image as ImageFeature
 
     string = Value("string")
@@ -73,6 +86,10 @@ def _features(name: str):
         "rlaif-v-photos": rlaif_v,
         "vqa-rad": {"image": ImageFeature(), "question": string, "answer": string},
         "text": {"prompt": string, "chosen": string, "rejected": string},
+        "rlhf-v": {"ds_name": string, "image": ImageFeature(), "text": string, "origin_dataset": string,
+                   "origin_split": string, "idx": Value("int64"), "image_path": string},
+        "llava-conversations": {"id": string, "image": string,
+                                "conversations": List({"from": string, "value": string})},
     }[name]
     return Features(columns)
 
@@ -203,6 +220,21 @@ def _rlaif_v_row(i: int, rng: random.Random, seed: int, size_of=_random_size) ->
     }
 
 
+def _rlhf_v_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+    """An `rlaif-v` row (from this sample's own RNG) in RLHF-V's columns: question, chosen and rejected
+    in one JSON object in `text`, and `idx` an int."""
+    row = _rlaif_v_row(i, rng, seed)
+    return {
+        "ds_name": "RLHF-V",
+        "image": row["image"],
+        "text": json.dumps({"question": row["question"], "chosen": row["chosen"], "rejected": row["rejected"]}),
+        "origin_dataset": row["origin_dataset"],
+        "origin_split": row["origin_split"],
+        "idx": i,
+        "image_path": row["image_path"],
+    }
+
+
 # --- vqa-rad -------------------------------------------------------------------------------------
 
 _ORGANS = ("brain", "lung", "liver")
@@ -292,28 +324,92 @@ def _text_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+# --- llava-conversations -------------------------------------------------------------------------
+
+# LLaVA's instructions for brief captions (llava/... pretrain data; the LCS-558K prompts).
+_BRIEF = ("Describe the image concisely.", "Provide a brief description of the given image.",
+          "Offer a succinct explanation of the picture presented.", "Summarize the visual content of the image.",
+          "Give a short and clear explanation of the subsequent image.",
+          "Share a concise interpretation of the image provided.",
+          "Present a compact description of the photo's key features.",
+          "Relay a brief, clear account of the picture shown.", "Render a clear and concise summary of the photo.",
+          "Write a terse but informative summary of the picture.",
+          "Create a compact narrative representing the image presented.")
+_IMAGE_MARKER = "<image>"
+JPEG_QUALITY = 90
+_EXIF_ORIENTATION = 0x0112
+
+
+def _jpeg(image: Image.Image, orientation: int = 1) -> bytes:
+    """JPEG bytes at a fixed quality (deterministic); with an EXIF orientation tag unless it is 1."""
+    buffer = io.BytesIO()
+    if orientation == 1:
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        exif = Image.Exif()
+        exif[_EXIF_ORIENTATION] = orientation
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def _llava_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+    """Row i as LLaVA has it; `image` is {"bytes", "path"}: the JPEG and the relative path it goes to
+    (`write_sample` writes the file and keeps the path). Every 4th row (i % 4 == 3) is multi-turn;
+    row i % 8 == 5 is stored turned 90 degrees counter-clockwise with EXIF orientation 6."""
+    shape, count = rng.choice(_SHAPES), rng.randint(1, 3)
+    size = _size(rng)
+    background, color = rng.choice(list(_BACKGROUNDS)), rng.choice(list(_COLORS))
+    image = Image.new("RGB", size, _BACKGROUNDS[background])
+    _draw_shapes(image, shape, count, _COLORS[color])
+    plural = count != 1
+    caption = f"{_NUMBERS[count]} {color} {shape}{'s' if plural else ''} on a {background} background"
+    request = rng.choice(_BRIEF)
+    human = f"{_IMAGE_MARKER}\n{request}" if rng.random() < 0.5 else f"{request}\n{_IMAGE_MARKER}"
+    conversations = [{"from": "human", "value": human}, {"from": "gpt", "value": caption}]
+    if i % 4 == 3:  # LLaVA-Instruct style: the talk goes on about the same picture
+        if rng.random() < 0.5:
+            question = f"What color {'are' if plural else 'is'} the {shape}{'s' if plural else ''}?"
+            answer = f"The {shape}{'s are' if plural else ' is'} {color}."
+        else:
+            question = f"How many {shape}s are there in the image?"
+            answer = f"There {'are' if plural else 'is'} {_NUMBERS[count]}."
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    orientation = 6 if i % 8 == 5 else 1
+    if orientation == 6:  # stored on its side; a viewer turns it 90 degrees clockwise, back upright
+        image = image.transpose(Image.Transpose.ROTATE_90)
+    row_id = f"{i:09d}"
+    return {"id": row_id, "image": {"bytes": _jpeg(image, orientation), "path": f"{row_id[:5]}/{row_id}.jpg"},
+            "conversations": conversations}
+
+
 _ROWS = {"rlaif-v": _rlaif_v_row, "rlaif-v-photos": functools.partial(_rlaif_v_row, size_of=_photo_size),
-         "vqa-rad": _vqa_rad_row, "text": _text_row}
+         "vqa-rad": _vqa_rad_row, "text": _text_row, "rlhf-v": _rlhf_v_row, "llava-conversations": _llava_row}
+# Samples written as a JSON file (the name below) with image files beside it, in a directory of their own.
+_JSON_SAMPLES = {"llava-conversations": "chat.json"}
 
 
 def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0) -> pathlib.Path:
-    """Write sample `name` as one parquet file in `out_dir` and return its path.
+    """Write sample `name` in `out_dir` and return the path of its data file: one parquet file, or for
+    `llava-conversations` a directory of its own holding the JSON file and its images.
 
-    An existing file of the same name, rows and seed is returned as is (the content is a pure
-    function of those). The file is written under a temporary name and renamed, so a reader never
-    sees half a file, even with several processes (ranks) writing at once.
+    An existing sample of the same name, rows and seed is returned as is (the content is a pure
+    function of those). It is written under a temporary name and renamed, so a reader never sees
+    half a sample, even with several processes (ranks) writing at once.
     """
     if name not in SAMPLES:
         raise ConfigError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
     if rows < 1:
         raise ConfigError(f"sample {name}: rows must be >= 1, got {rows}")
     out_dir = pathlib.Path(out_dir)
-    path = out_dir / f"{name}-{rows}-{seed}-v{SAMPLE_VERSION}.parquet"
+    stem = f"{name}-{rows}-{seed}-v{SAMPLE_VERSION}"
+    if name in _JSON_SAMPLES:
+        return _write_json_sample(name, out_dir / stem, _JSON_SAMPLES[name], rows, seed)
+    path = out_dir / f"{stem}.parquet"
     if path.is_file():
         return path
     import datasets
 
-    records = [_ROWS[name](i, random.Random(f"{name}:{seed}:{i}"), seed) for i in range(rows)]
+    records = _records(name, rows, seed)
     columns = {key: [record[key] for record in records] for key in records[0]}
     out_dir.mkdir(parents=True, exist_ok=True)
     temp = out_dir / f".{path.name}.{os.getpid()}.tmp"  # not *.parquet: never picked up as data
@@ -322,4 +418,36 @@ def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+    return path
+
+
+def _records(name: str, rows: int, seed: int) -> list[dict[str, object]]:
+    return [_ROWS[name](i, random.Random(f"{name}:{seed}:{i}"), seed) for i in range(rows)]
+
+
+def _write_json_sample(name: str, directory: pathlib.Path, file_name: str, rows: int, seed: int) -> pathlib.Path:
+    """The JSON array (keys in the order the rows give them) and each row's image file at its relative
+    path, built in a temporary directory beside `directory` and renamed to it whole."""
+    path = directory / file_name
+    if path.is_file():
+        return path
+    records = _records(name, rows, seed)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")  # no data suffix: never read as data
+    shutil.rmtree(temp, ignore_errors=True)  # left by a killed run whose pid this one reuses
+    try:
+        temp.mkdir()
+        for record in records:
+            image = record["image"]
+            (temp / image["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (temp / image["path"]).write_bytes(image["bytes"])
+            record["image"] = image["path"]
+        (temp / file_name).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            os.replace(temp, directory)
+        except OSError:  # another process renamed its (identical) copy first: a full directory stays put
+            if not path.is_file():
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     return path

@@ -52,6 +52,12 @@ def check_source(ref: str) -> None:
         _check_hub_dataset(ref)
 
 
+def check_image_dir(image_dir: Path | None) -> None:
+    if image_dir is not None and not image_dir.expanduser().is_dir():
+        raise ConfigError(f"DPO_IMAGE_DIR={image_dir}: no such folder; give the folder the data's image paths are "
+                          "relative to, or leave it unset to use the data file's folder")
+
+
 def _check_hub_dataset(ref: str) -> None:
     """A typo'd or gated dataset id fails here, not after the processor is loaded. Offline
     (HF_HUB_OFFLINE=1) the Hub cannot be asked: a cached copy may still load."""
@@ -84,27 +90,52 @@ def _load_local(path: Path, split: str) -> Any:
         loaded = datasets.load_from_disk(str(path))
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     builder, files = _data_files(path)
-    return datasets.load_dataset(builder, data_files=files, split="train")
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as exc:  # noqa: BLE001 - a file datasets cannot parse: the user's to fix
+        cause = exc.__cause__ or exc  # datasets wraps the parser's error
+        if isinstance(cause, StopIteration) or "corresponds to no data" in str(cause):  # how datasets says "empty"
+            raise ConfigError(f"{path}: no rows") from None
+        first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise ConfigError(f"{path}: cannot read it as {builder} ({first_line}); every row must have the same "
+                          "columns, each holding one type") from None
 
 
-def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None) -> Any:
-    """The raw rows as a `datasets.Dataset` (images decoded lazily by `datasets`).
-
-    `limit`: a Hub dataset is streamed and only its first `limit` rows are read (a dry run's sample,
-    without downloading the whole set); local files are read whole either way.
-    """
-    import datasets
-
+def local_path(ref: str, cache_dir: Path) -> Path | None:
+    """The local file or directory a `sample:`, `s3://` or local dataset is read from (an s3:// one is
+    downloaded first); None for a Hub dataset. Relative image paths in the data resolve against it."""
     if ref.startswith(SAMPLE_PREFIX):
         from entrypoint.data.samples import write_sample
 
-        return _load_local(write_sample(ref[len(SAMPLE_PREFIX):], cache_dir / "samples"), split)
+        return write_sample(ref[len(SAMPLE_PREFIX):], cache_dir / "samples")
     if ref.startswith("s3://"):
         from entrypoint import s3
 
-        return _load_local(s3.download(ref, cache_dir / "s3"), split)
+        return s3.download(ref, cache_dir / "s3")
     if looks_local(ref):
-        return _load_local(Path(ref).expanduser(), split)
+        return Path(ref).expanduser()
+    return None
+
+
+def image_root(local: Path | None) -> Path | None:
+    """Where image paths relative to the data point: beside a data file, or inside a data directory."""
+    if local is None:
+        return None
+    return local if local.is_dir() else local.parent
+
+
+def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, local: Path | None = None) -> Any:
+    """The raw rows as a `datasets.Dataset` (images decoded lazily by `datasets`).
+
+    `limit`: a Hub dataset is streamed and only its first `limit` rows are read (a dry run's sample,
+    without downloading the whole set); local files are read whole either way. `local`: what
+    `local_path(ref, cache_dir)` returned, when the caller already has it.
+    """
+    import datasets
+
+    local = local or local_path(ref, cache_dir)
+    if local is not None:
+        return _load_local(local, split)
     try:
         if limit:
             stream = datasets.load_dataset(ref, split=split, token=os.environ.get("HF_TOKEN"), streaming=True)

@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from entrypoint.errors import ConfigError
 from entrypoint.settings import JobSettings
 
 log = logging.getLogger("entrypoint")
+TOP_REASONS = 4  # reasons for dropped rows named in the log line
 
 
 def prepare_pairs(settings: JobSettings, cache_dir: Path, processor: Any, family: Any, max_length: int | None,
@@ -22,7 +22,7 @@ def prepare_pairs(settings: JobSettings, cache_dir: Path, processor: Any, family
     """The data pipeline (data/prepare.py) with this run's settings, images and token budget."""
     from entrypoint.data.budget import PairLengths
     from entrypoint.data.images import size_limit
-    from entrypoint.data.prepare import prepare
+    from entrypoint.data.prepare import RowRules, prepare
     from entrypoint.models.image_tokens import fewer_tokens_hint
 
     vision = family.vision
@@ -30,9 +30,12 @@ def prepare_pairs(settings: JobSettings, cache_dir: Path, processor: Any, family
                    column_spec=settings.dataset_columns, seed=settings.seed, max_samples=max_samples,
                    eval_fraction=settings.eval_fraction, max_eval_pairs=settings.max_eval_pairs,
                    limit=size_limit(processor.image_processor, settings.image_max_pixels) if vision else None,
-                   cache_dir=cache_dir, pair_lengths=PairLengths(processor), max_length=max_length,
+                   cache_dir=cache_dir, pair_lengths=PairLengths(processor, family), max_length=max_length,
                    num_proc=settings.dataset_num_proc, max_drop_fraction=settings.max_drop_fraction,
-                   fewer_image_tokens=fewer_tokens_hint(family, processor) if vision else None, peek=peek)
+                   fewer_image_tokens=fewer_tokens_hint(family, processor) if vision else None, peek=peek,
+                   rules=RowRules(bad_rows=settings.bad_rows, max_bad_fraction=settings.max_bad_fraction,
+                                  max_images=family.images_per_pair, model=f"{family.name} ({settings.model})",
+                                  image_dir=settings.image_dir.expanduser() if settings.image_dir else None))
 
 
 def log_data_report(report: dict[str, Any], sample: bool = False) -> None:
@@ -41,8 +44,12 @@ def log_data_report(report: dict[str, Any], sample: bool = False) -> None:
     what = f"a sample of {used} rows" if sample else f"{used} of {report['rows_read']} rows"
     log.info("data: %s (%s) -> %d pairs (%d train, %d eval)", report["source"], what, report["pairs"],
              report["train_pairs"], report["eval_pairs"])
-    for reason, count in report["dropped"].items():
-        log.info("data: dropped %d: %s", count, reason)
+    if report["dropped"]:
+        top = sorted(report["dropped"].items(), key=lambda item: -item[1])
+        shown = ", ".join(f"{reason} {count}" for reason, count in top[:TOP_REASONS])
+        more = f" and {len(top) - TOP_REASONS} more reasons" if len(top) > TOP_REASONS else ""
+        log.info("data: dropped %d rows: %s%s (rows of each in data_report.json)",
+                 sum(report["dropped"].values()), shown, more)
     tokens = report.get("tokens")
     if tokens:
         pair, image = tokens["pair_tokens"], tokens["image_tokens_per_image"]
@@ -67,8 +74,6 @@ def prepared_data(settings: JobSettings, cache_dir: Path, state: Any, processor:
         except (OSError, ValueError) as exc:  # on a bucket mount: cut off by a preemption, or not there yet
             log.warning("prepared data in %s is incomplete (%s): preparing again", state.prepared_dir, exc)
     data = prepare_pairs(settings, cache_dir, processor, family, max_length, settings.max_samples)
-    if "images" in data.train.column_names and not family.vision:
-        raise ConfigError(f"DPO_DATASET={settings.dataset} has images but DPO_MODEL={settings.model} is text-only")
     if state.writer:
         save_prepared(data, state.prepared_dir)
     state.mark("prepared", data.report)

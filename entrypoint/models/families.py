@@ -27,6 +27,14 @@ class Family:
     # "anyres" (a base image plus grid tiles), "split" (4 crops plus the whole image, or the whole image
     # alone), "fixed" (one image, one token count), "none" (text only).
     tiling: str = "none"
+    # Images one pair may hold: None for any number (Idefics2 interleaves them), 0 for text-only models.
+    # Rows with more are skipped and counted ("2 images in one row").
+    images_per_pair: int | None = 1
+
+    @property
+    def image_tokens_fixed(self) -> bool:
+        """Whether every image costs the same tokens whatever its size (one fixed tile, or fixed crops)."""
+        return self.tiling in ("fixed", "split")
 
     @property
     def keep_full_precision(self) -> list[str]:
@@ -53,9 +61,9 @@ FAMILIES: dict[str, Family] = {
                "LLaVA 1.5, e.g. llava-hf/llava-1.5-7b-hf", "fixed"),
         Family("idefics2", ("idefics2",), "Idefics2ForConditionalGeneration", True,
                ("model.vision_model", "model.connector"),
-               "Idefics2, e.g. HuggingFaceM4/idefics2-8b", "split"),
+               "Idefics2, e.g. HuggingFaceM4/idefics2-8b", "split", images_per_pair=None),
         Family("causal-lm", (), "AutoModelForCausalLM", False, (),
-               "any text-only causal LM, e.g. mistralai/Mistral-7B-Instruct-v0.2"),
+               "any text-only causal LM, e.g. mistralai/Mistral-7B-Instruct-v0.2", images_per_pair=0),
     )
 }
 
