@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from entrypoint.errors import EXIT_BUG, EXIT_CONFIG, EXIT_OK, EXIT_PREEMPTED, ConfigError, Preempted
@@ -28,6 +29,10 @@ def main(argv: list[str]) -> int:
 
         settings = load_settings()
         setup_logging(settings.log_format, secret_setting_values(settings))
+        if "--dry-run" in argv and os.environ.get("RANK", "0") == "0":  # one table, not one a process
+            from entrypoint.presets import table
+
+            print(table(settings), flush=True)
         result = run(settings, dry_run="--dry-run" in argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

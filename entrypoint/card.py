@@ -87,7 +87,16 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
         *_metrics_table(metrics.get("eval_before", {}), metrics.get("eval_after", {})), "",
         *_data_section(report),
         *_plots_section(plots),
+        *_how_to_load(settings, model, loader, processor, extra),
+    ]
+    return "\n".join(lines)
+
+
+def _how_to_load(settings: JobSettings, model: Any, loader: str, processor: str, extra: str) -> list[str]:
+    """Base + adapter with PEFT always; the merged model too when the run wrote one (DPO_MERGE=1)."""
+    lines = [
         "## How to load", "",
+        "The base model with this adapter (PEFT):", "",
         "```python",
         f"from transformers import {loader}, {processor}",
         "from peft import PeftModel", "",
@@ -97,8 +106,38 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
         'model = PeftModel.from_pretrained(base, "<this repo or folder>")',
         f'processor = {processor}.from_pretrained("<this repo or folder>")',
         "```", "",
+        *_processor_notes(settings, model),
     ]
-    return "\n".join(lines)
+    if settings.merge:
+        dequantized = f"the {settings.quantization} base dequantized first, " if settings.quantization != "none" else ""
+        lines += [
+            "The merged model, no PEFT needed: the run also wrote this adapter merged into the base model "
+            f"({dequantized}bf16 weights) to `merged/` in its run directory, beside `adapter/`, with its config and "
+            "processor files; it travels with the run directory (to `DPO_S3_URI` when set), while a Hub repo "
+            "holds the adapter only:", "",
+            "```python",
+            "import torch",
+            f"from transformers import {loader}, {processor}", "",
+            f'model = {loader}.from_pretrained("<run directory>/merged", dtype=torch.bfloat16)',
+            f'processor = {processor}.from_pretrained("<run directory>/merged")',
+            "```", "",
+        ]
+    return lines
+
+
+def _processor_notes(settings: JobSettings, model: Any) -> list[str]:
+    """What a user's own code must do to see images as this adapter was trained to."""
+    notes = []
+    if model.family.image_only_processor:
+        notes.append(f"`AutoProcessor` loads {model.family.name}'s video processor too, which needs `torchvision`.")
+    if model.family.tiling == "pan-and-scan" and (settings.max_image_tiles or 0) >= 2:
+        notes.append(f"Trained with pan-and-scan (`DPO_MAX_IMAGE_TILES={settings.max_image_tiles}`): transformers does "
+                     "not reload that setting, so call the processor with `do_pan_and_scan=True, "
+                     f"pan_and_scan_max_num_crops={settings.max_image_tiles}`.")
+    if settings.image_max_pixels and model.family.tiling == "dynamic":
+        notes.append(f"Trained with images of at most {settings.image_max_pixels:,} pixels "
+                     "(`DPO_IMAGE_MAX_PIXELS`): the saved processor keeps that `max_pixels`.")
+    return [*notes, ""] if notes else []
 
 
 def write_model_card(adapter_dir: Path, settings: JobSettings, model: Any, report: dict[str, Any],

@@ -69,13 +69,14 @@ def preflight(settings: JobSettings, paths: RunPaths) -> Any:
 def training_args(settings: JobSettings, paths: RunPaths, family: Any) -> Any:
     """DPOConfig; an invalid combination of DPO_* settings (for this model family too) is a config error,
     found before loading."""
-    from entrypoint.train import check_vision_args, dpo_config
+    from entrypoint.train import check_trained_modules, check_vision_args, dpo_config
 
     try:
         args = dpo_config(settings, paths.checkpoint_dir, paths.run_name)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"training settings: {str(exc).splitlines()[0]}") from None
     check_vision_args(args, family)
+    check_trained_modules(settings, family)
     return args
 
 
@@ -89,7 +90,7 @@ def plan_from_a_sample(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     from entrypoint.models.loading import load_processor
     from entrypoint.plan import check_memory
 
-    processor = load_processor(model_ref, settings.max_image_tiles)
+    processor = load_processor(model_ref, settings.max_image_tiles, settings.image_max_pixels)
     rows = min(settings.max_samples or DRY_RUN_ROWS, DRY_RUN_ROWS)
     data = prepare_pairs(settings, paths.cache_dir, processor, model_ref.family, args.max_length, max_samples=rows,
                          peek=True)
@@ -140,6 +141,8 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
     manifest = paths.output_dir / outputs.MANIFEST
     if state.done("results") and manifest.is_file():
         log.info("results already complete in %s", paths.output_dir)
+        if settings.merge and not (paths.output_dir / outputs.MERGED_DIR).is_dir():
+            log.warning("DPO_MERGE=1, but this run finished without merged/; DPO_RESUME=never runs it again, merged")
         metrics = json.loads((paths.output_dir / outputs.METRICS).read_text())
     else:
         if ranks.is_main_process:
@@ -193,7 +196,7 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     from entrypoint.train import build_trainer
 
     # ---- data and the memory plan (checked before the model is loaded: a problem costs no GPU time)
-    processor = load_processor(model_ref, settings.max_image_tiles)
+    processor = load_processor(model_ref, settings.max_image_tiles, settings.image_max_pixels)
     with ranks.main_process_first():  # rank 0 prepares and saves; the others then load what it saved
         data = prepared_data(settings, paths.cache_dir, state, processor, model_ref.family, args.max_length)
     log_data_report(data.report)
@@ -240,6 +243,13 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
                "eval_before": before, "eval_after": after, "history": trainer.state.log_history,
                "samples": samples}
     load_kwargs = model_overrides(model_ref.family, processor) if settings.max_image_tiles else {}
+    shutil.rmtree(paths.output_dir / outputs.MERGED_DIR, ignore_errors=True)  # an earlier attempt's, not this adapter's
+    if settings.merge:  # the training model's memory goes back first: the merge loads the base again
+        from entrypoint.merge import free_memory, write_merged
+
+        del trainer, model
+        free_memory()
+        write_merged(paths.adapter_dir, model_ref, settings, processor, paths.output_dir / outputs.MERGED_DIR)
     write_results(settings, paths, model_ref, args, data.report, metrics, load_kwargs)
     return metrics
 
@@ -249,6 +259,7 @@ def write_results(settings: JobSettings, paths: RunPaths, model_ref: Any, args: 
     """Rank 0, after the adapter is saved: plots, card, data report, metrics, config; the manifest last."""
     from entrypoint.card import write_model_card
     from entrypoint.plots import write_plots
+    from entrypoint.presets import sources
 
     outputs.remove_unpublished(paths.adapter_dir)
     plots = write_plots(metrics["history"], paths.output_dir / outputs.PLOTS_DIR)
@@ -260,5 +271,5 @@ def write_results(settings: JobSettings, paths: RunPaths, model_ref: Any, args: 
     outputs.write_json(paths.output_dir / outputs.DATA_REPORT, report)
     outputs.write_json(paths.output_dir / outputs.METRICS, metrics)
     outputs.write_json(paths.output_dir / outputs.CONFIG, {"run_name": paths.run_name, **public_dict(settings),
-                                                          "dpo_config": args.to_dict()})
+                                                          "sources": sources(settings), "dpo_config": args.to_dict()})
     outputs.write_manifest(paths.output_dir, paths.run_name, exclude=(paths.checkpoint_dir,))

@@ -2,6 +2,7 @@
 
     <DPO_OUTPUT_DIR>/
       adapter/            PEFT adapter, processor files, model card (README.md)
+      merged/             with DPO_MERGE=1: the adapter merged into the base, a plain bf16 model (merge.py)
       metrics.json        train and eval metrics, sample generations
       config.json         the resolved settings, secrets redacted
       data_report.json    rows read, pairs made, rows dropped and why
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
 METRICS = "metrics.json"
 CONFIG = "config.json"
 DATA_REPORT = "data_report.json"

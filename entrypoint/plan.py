@@ -10,7 +10,8 @@ and follows what the code does to memory, line by line:
   tower, projector, embeddings, lm_head, norms) in fp32, because peft's
   prepare_model_for_kbit_training upcasts them; without quantization, all in the compute dtype.
 - LoRA and optimizer: TRL casts QLoRA adapters to bf16 (fp32 otherwise); the gradients and AdamW's
-  two moments take the same dtype.
+  two moments take the same dtype. Modules trained in full (DPO_TRAIN_PROJECTOR) are a second copy of
+  their weights, kept in fp32 (train.keep_full_modules_in_fp32), with fp32 gradients and moments.
 - activations, for one micro-batch of T = 2 x batch x length tokens (DPO runs the chosen and the
   rejected sequence of every pair together), the reference pass being freed before the policy's:
   with gradient checkpointing each decoder layer keeps its input, and one layer at a time is
@@ -18,6 +19,8 @@ and follows what the code does to memory, line by line:
   layer keeps its saved tensors. The LM head is TRL's fused one, over completion tokens only. The
   frozen vision tower runs without grad: transient, its hidden states all kept for the feature layer.
 - the CUDA context and the allocator's slack: a fixed 1 GiB plus 5%.
+- DPO_MERGE=1, after training (its memory freed first): the base model dequantized to bf16, 2 bytes a
+  parameter, merged in place (`merge_gib`).
 
 The plan assumes bf16 compute (every GPU the YAMLs rent has it) and each device holding the whole
 model (DDP). `bench/bench_gpu.py` prints it next to the measured peak.
@@ -85,7 +88,8 @@ def _weights(arch: Architecture, quantization: str) -> float:
 
 def _adapter_and_optimizer(arch: Architecture, quantization: str) -> float:
     dtype = ACT if quantization != "none" else FP32
-    return arch.lora_params * dtype * 4  # weights, gradients, AdamW's exp_avg and exp_avg_sq
+    # weights, gradients, AdamW's exp_avg and exp_avg_sq
+    return arch.lora_params * dtype * 4 + arch.full_params * FP32 * 4
 
 
 def _layer_saved_per_token(arch: Architecture, dropout: bool) -> float:
@@ -124,6 +128,11 @@ def plan_memory(arch: Architecture, quantization: str, work: Workload) -> Memory
     return MemoryPlan(weights, adapter, activations, total, total + CONTEXT_GIB, work)
 
 
+def merge_gib(arch: Architecture) -> float:
+    """What DPO_MERGE's step holds on the GPU, with the CUDA context: the whole model in bf16."""
+    return arch.params * ACT / GIB * (1 + SLACK) + CONTEXT_GIB
+
+
 def reductions(arch: Architecture, quantization: str, plan: MemoryPlan, settings: Any,
                fewer_image_tokens: str | None) -> list[str]:
     """Settings that bring the plan down, each with the plan it gives (where it can be computed here)."""
@@ -154,7 +163,9 @@ def describe(plan: MemoryPlan, arch: Architecture, quantization: str, p95: Memor
     fits = plan.fitting_gpus()
     lines = [
         f"memory plan per GPU ({_count(arch.params)} parameters, {quantization}, LoRA {_count(arch.lora_params)} "
-        f"trainable in {arch.lora_modules} layers; batch {work.batch} x {work.length} tokens, gradient checkpointing "
+        f"trainable in {arch.lora_modules} layers"
+        f"{f', {_count(arch.full_params)} trained in full' if arch.full_params else ''}; "
+        f"batch {work.batch} x {work.length} tokens, gradient checkpointing "
         f"{'on' if work.gradient_checkpointing else 'off'}):",
         f"  weights {plan.weights:.1f} GiB + LoRA and optimizer {plan.adapter_and_optimizer:.2f} GiB + activations "
         f"{plan.activations:.1f} GiB = {plan.total:.1f} GiB peak ({plan.with_context:.1f} GiB with the CUDA context)",
@@ -179,7 +190,7 @@ def plan_for_run(settings: Any, model: Any, processor: Any, tokens: dict[str, An
     `published`: for the full-size checkpoint a `shapes:` model stands for, instead of the model itself."""
     from entrypoint.models.architecture import describe as describe_architecture
     from entrypoint.models.architecture import load_config
-    from entrypoint.models.image_tokens import model_overrides, tiles_per_image
+    from entrypoint.models.image_tokens import model_overrides, patches_per_image, tiles_per_image
     from entrypoint.models.loading import config_path
     from entrypoint.models.published import full_config
     from entrypoint.train import lora_config
@@ -193,6 +204,9 @@ def plan_for_run(settings: Any, model: Any, processor: Any, tokens: dict[str, An
     else:
         config = load_config(config_path(model), overrides)
     arch = describe_architecture(config, model.family, lora_config(settings, model.family))
+    patches = patches_per_image(model.family, processor) if vision else None
+    if patches:  # a pixel budget (Qwen-VL): the processor's max_pixels, not the config, sizes what the tower sees
+        arch = replace(arch, vision_patches=patches)
     tokens = tokens or {}
     pair = tokens.get("pair_tokens", {"p95": settings.max_length, "max": settings.max_length})
     longest = min(pair["max"], settings.max_length or pair["max"])
@@ -224,19 +238,36 @@ def peak_allocated_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / GIB, 3)
 
 
+def _check_merge(settings: Any, arch: Architecture, device: float | None) -> None:
+    """The merge runs after training, on the same GPU: a run that cannot merge is refused before it trains."""
+    need = merge_gib(arch)
+    log.info("  merge (DPO_MERGE=1), after training: the model in bf16, %.1f GiB with the CUDA context", need)
+    if device is not None and need > device:
+        message = (f"the merge (DPO_MERGE=1) needs {need:.1f} GiB on the GPU for the model in bf16, this one has "
+                   f"{device:.1f} GiB; unset DPO_MERGE and merge the adapter on a larger machine")
+        if settings.memory_check:
+            raise ConfigError(message + " (DPO_MEMORY_CHECK=false starts anyway)")
+        log.warning(message)
+
+
 def check_memory(settings: Any, model_ref: Any, processor: Any, report: dict[str, Any]) -> MemoryPlan:
     """Log the memory plan; on a GPU it does not fit, refuse to start (DPO_MEMORY_CHECK=false starts anyway)."""
-    from entrypoint.models.image_tokens import fewer_tokens_hint
+    from entrypoint.models.image_tokens import fewer_tokens_hint, image_budget
 
     arch, plan, at_p95 = plan_for_run(settings, model_ref, processor, report.get("tokens"))
     for line in describe(plan, arch, settings.quantization, at_p95):
         log.info(line)
+    budget = image_budget(model_ref.family, processor, settings.image_max_pixels) if model_ref.family.vision else None
+    if budget:
+        log.info("  %s", budget)
     if model_ref.stands_for:  # a shapes: model has the real token counts: plan the real model on them too
         full = plan_for_run(settings, model_ref, processor, report.get("tokens"), published=True)
         log.info("as %s at full size (the checkpoint this shapes: model stands for):", model_ref.stands_for)
         for line in describe(full[1], full[0], settings.quantization, full[2]):
             log.info(line)
     device = device_memory_gib()
+    if settings.merge:
+        _check_merge(settings, arch, device)
     if device is not None and not plan.fits(device):
         hint = fewer_tokens_hint(model_ref.family, processor) if model_ref.family.vision else None
         fixes = "; ".join(reductions(arch, settings.quantization, plan, settings, hint))

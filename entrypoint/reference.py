@@ -55,6 +55,8 @@ def text() -> str:
     lines += ["", "Training settings: every field of TRL's DPOConfig, as DPO_<FIELD>:"]
     for var, kind, default, help_text in rows(trainer=True):
         lines += [f"  {var}  ({kind}, default {default})", f"      {help_text}"]
+    lines += ["", "Presets (DPO_PRESET=<name>; any DPO_* variable overrides them):"]
+    lines += [f"  {name}: {summary}" for name, summary in _presets()]
     lines += ["", "Standard variables: HF_TOKEN, WANDB_API_KEY, WANDB_PROJECT, WANDB_MODE, AWS_* (secrets are "
               "never logged or saved)."]
     return "\n".join(lines) + "\n"
@@ -90,6 +92,25 @@ def _is_job_default(var: str) -> bool:
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 TOKENS_START, TOKENS_END = "<!-- image-tokens:start -->", "<!-- image-tokens:end -->"
 FORMATS_START, FORMATS_END = "<!-- formats:start -->", "<!-- formats:end -->"
+PRESETS_START, PRESETS_END = "<!-- presets:start -->", "<!-- presets:end -->"
+
+
+def _presets() -> list[tuple[str, str]]:
+    from entrypoint import presets
+
+    return [(name, presets.summary(name)) for name in presets.names()]
+
+
+def presets_markdown() -> str:
+    """The recipes in entrypoint/presets/: the first line of each file's header, and what it sets."""
+    from entrypoint import presets
+
+    lines = ["| `DPO_PRESET` | what it is for | settings |", "|---|---|---|"]
+    for name, summary in _presets():
+        values = ", ".join(f"`{env_name(key)}={value if isinstance(value, str) else json.dumps(value)}`"
+                           for key, value in presets.read(name).items())
+        lines.append(f"| `{name}` | {summary} | {values} |")
+    return "\n".join(lines) + "\n"
 
 
 def formats_markdown() -> str:
@@ -105,7 +126,9 @@ def formats_markdown() -> str:
 TABLE_SIZES = [(336, 336), (640, 480), (1024, 768), (1920, 1080), (4000, 3000), (300, 1200), (2000, 500), (50, 50)]
 TABLE_COLUMNS = [("llava-next", None, None), ("llava-next", 2, None), ("llava-next", 1, None),
                  ("llava-next", None, 336 * 336), ("llava", None, None), ("idefics2", None, None),
-                 ("idefics2", 1, None)]
+                 ("idefics2", 1, None), ("qwen2.5-vl", None, None), ("qwen2.5-vl", None, 1024 * 28 * 28),
+                 ("qwen3-vl", None, None), ("qwen3-vl", None, 1024 * 32 * 32), ("gemma3", None, None),
+                 ("gemma3", 2, None)]
 
 
 def image_token_markdown() -> str:
@@ -115,19 +138,20 @@ def image_token_markdown() -> str:
     from pathlib import Path
 
     from PIL import Image
-    from transformers import AutoProcessor
 
     from entrypoint.data.images import clean_image, size_limit
     from entrypoint.models.families import FAMILIES
-    from entrypoint.models.image_tokens import ImageTokens, limit_tiles
+    from entrypoint.models.image_tokens import ImageTokens, limit_pixels, limit_tiles
+    from entrypoint.models.loading import processor_class
     from entrypoint.models.published import PUBLISHED
     from entrypoint.models.shapes import build_shapes
 
     columns, header = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for family, tiles, pixels in TABLE_COLUMNS:
-            processor = AutoProcessor.from_pretrained(build_shapes(family, Path(tmp) / family))
+            processor = processor_class(FAMILIES[family]).from_pretrained(build_shapes(family, Path(tmp) / family))
             limit_tiles(FAMILIES[family], processor, tiles)
+            limit_pixels(FAMILIES[family], processor, pixels)
             count, limit = ImageTokens(processor), size_limit(processor.image_processor, pixels)
             columns.append([count(clean_image(Image.new("RGB", size), limit).size) for size in TABLE_SIZES])
             setting = (f"`DPO_MAX_IMAGE_TILES={tiles}`" if tiles else f"`DPO_IMAGE_MAX_PIXELS={pixels}`" if pixels
@@ -152,6 +176,7 @@ def update_readme(path: str) -> bool:
     new = _replace_block(text, START, END, markdown())
     new = _replace_block(new, TOKENS_START, TOKENS_END, image_token_markdown())
     new = _replace_block(new, FORMATS_START, FORMATS_END, formats_markdown())
+    new = _replace_block(new, PRESETS_START, PRESETS_END, presets_markdown())
     if new != text:
         with open(path, "w") as handle:
             handle.write(new)

@@ -52,6 +52,30 @@ def list_keys(bucket: str, prefix: str) -> list[tuple[str, int]]:
     return keys
 
 
+def data_objects(uri: str, first_only: bool = False) -> tuple[bool, list[tuple[str, int]]]:
+    """What an s3:// data reference means, for the start-up check and the download alike: the object with
+    exactly that key, or else every object under `key/` (a folder). `s3://b/sets/rl` never means
+    `sets/rlaif/...`. Returns (is_folder, [(key, size), ...]); `first_only` stops at the first object.
+    ConfigError when there is nothing, or S3 cannot be read."""
+    bucket, key = parse_uri(uri)
+    try:
+        if key:
+            first = client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+            if first and first[0]["Key"] == key:  # S3 lists in key order: an exact match comes first
+                return False, [(key, first[0]["Size"])]
+        folder = f"{key}/" if key else ""
+        if first_only:
+            found = client().list_objects_v2(Bucket=bucket, Prefix=folder, MaxKeys=1).get("Contents", [])
+            objects = [(obj["Key"], obj["Size"]) for obj in found]
+        else:
+            objects = list_keys(bucket, folder)
+    except Exception as exc:  # noqa: BLE001 - every S3 failure here is the user's to fix
+        raise ConfigError(f"DPO_DATASET={uri}: {describe_error(exc)}") from None
+    if not objects:
+        raise ConfigError(f"DPO_DATASET={uri}: no such object, nor a folder ({uri.rstrip('/')}/...) of objects")
+    return True, objects
+
+
 def download(uri: str, dest: Path) -> Path:
     """Download one object or every object under a prefix into `dest`; returns the local path.
 
@@ -60,18 +84,11 @@ def download(uri: str, dest: Path) -> Path:
     from boto3.s3.transfer import TransferConfig
 
     bucket, key = parse_uri(uri)
-    try:
-        objects = list_keys(bucket, key)
-    except Exception as exc:  # noqa: BLE001 - every S3 failure here is the user's to fix
-        raise ConfigError(f"{uri}: {describe_error(exc)}") from None
-    exact = [(k, size) for k, size in objects if k == key]
-    objects = exact or [(k, size) for k, size in objects if k.startswith(key + "/" if key else "")]
-    if not objects:
-        raise ConfigError(f"{uri}: no such object or prefix")
+    folder, objects = data_objects(uri)
     root = dest / bucket / key
     config = TransferConfig(multipart_threshold=64 * 2**20, max_concurrency=8)
     for object_key, size in objects:
-        target = root if exact else root / object_key[len(key):].lstrip("/")
+        target = root / object_key[len(key):].lstrip("/") if folder else root
         if target.is_file() and target.stat().st_size == size:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

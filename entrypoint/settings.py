@@ -20,8 +20,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, ValidationError, create_model, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, Field, ValidationError, create_model, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from entrypoint.errors import ConfigError
 from entrypoint.trainer_fields import dpo_config_fields
@@ -39,13 +39,19 @@ class JobSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, protected_namespaces=(), enable_decoding=False,
                                       extra="forbid", validate_default=False)
 
+    # --- recipe
+    preset: str | None = Field(None, description=(
+        "A scenario recipe: the settings in `entrypoint/presets/<name>.yaml` (README, Presets) apply under any "
+        "DPO_* variable set, which overrides them; an unknown name is exit 2, listing the presets. "
+        "`--dry-run` prints where each setting came from (default, preset or env)."))
     # --- model
     model: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description=(
         "Base model: a Hub id, a local model directory, `tiny:<family>` (a tiny randomly initialised model "
         "built offline in seconds) or `shapes:<family>` (the published checkpoint's processor, chat template and "
         "module tree at narrow widths: real image-token counts on a CPU); families: llava-next, llava, idefics2, "
-        "causal-lm."))
-    model_family: Literal["auto", "llava-next", "llava", "idefics2", "causal-lm"] = Field("auto", description=(
+        "qwen2.5-vl, qwen3-vl, gemma3, causal-lm."))
+    model_family: Literal["auto", "llava-next", "llava", "idefics2", "qwen2.5-vl", "qwen3-vl", "gemma3",
+                          "causal-lm"] = Field("auto", description=(
         "Model family; `auto` reads it from the model's config.json."))
     model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
     quantization: Literal["4bit", "8bit", "none"] = Field("4bit", description=(
@@ -83,11 +89,15 @@ class JobSettings(BaseSettings):
     max_image_tiles: int | None = Field(None, gt=0, description=(
         "Image tokens: LLaVA-NeXT keeps only the grid pinpoints of at most this many tiles beside the base image, "
         "in the processor and the model config alike (1: ~1,200 tokens an image instead of up to ~2,900); "
-        "Idefics2 splits images into 4 crops only at 4 or more; LLaVA 1.5 always takes 576. Unset: the model's own."))
+        "Idefics2 splits images into 4 crops only at 4 or more; Gemma 3 adds pan-and-scan crops of wide or tall "
+        "images, at most this many, from 2 (off as it ships); LLaVA 1.5 always takes 576; Qwen2.5-VL and Qwen3-VL "
+        "have no tiles (refused: DPO_IMAGE_MAX_PIXELS is their setting). Unset: the model's own."))
     image_max_pixels: int | None = Field(None, ge=1024, description=(
         "Shrink every image to at most this many pixels (width x height), aspect ratio kept, before the "
         "processor: less time and memory for every family; LLaVA-NeXT's anyres picks smaller grids for smaller "
-        "images (at 112896 = 336x336, about as few tokens as DPO_MAX_IMAGE_TILES=2)."))    # --- LoRA
+        "images (at 112896 = 336x336, about as few tokens as DPO_MAX_IMAGE_TILES=2). Qwen2.5-VL and Qwen3-VL: "
+        "their processor's max_pixels (published 12845056 and 16777216: up to 16,384 tokens an image), one token "
+        "per 28x28 (Qwen3-VL 32x32) pixels, e.g. 802816 for at most 1,024 (Qwen3-VL 1048576)."))    # --- LoRA
     lora_r: int = Field(16, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
@@ -95,9 +105,17 @@ class JobSettings(BaseSettings):
         "LoRA targets: `all-linear` or a comma-separated list of module names."))
     lora_vision: bool = Field(False, description=(
         "Also adapt the vision tower and projector (by default only the language model is adapted)."))
+    train_projector: bool = Field(False, description=(
+        "Train the projector between the vision tower and the language model in full (PEFT modules_to_save: "
+        "the adapter carries its weights) while the vision tower stays frozen (with DPO_LORA_VISION: LoRA on the "
+        "tower, the projector in full); vision-language families only."))
     # --- run and outputs
     output_dir: Path | None = Field(None, description=(
         "Run directory: adapter/, metrics.json, config.json, manifest.json. Default: outputs/<run name>."))
+    merge: bool = Field(False, description=(
+        "Also write the adapter merged into the base model (the 4-bit/8-bit base dequantized first) as a plain "
+        "bf16 model under merged/ in the run directory: loads with transformers alone, no PEFT. Uploaded to "
+        "DPO_S3_URI with the run; the Hub repo gets the adapter only."))
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$", description=(
         "Name of the run (letters, digits, . _ -). Default: derived from the model and dataset."))
     cache_dir: Path = Field(Path("~/.cache/dpo-job"), description=(
@@ -135,6 +153,17 @@ class JobSettings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: arguments, the environment, then DPO_PRESET's recipe, then the defaults."""
+        from entrypoint.presets import PresetSource  # it imports this module
+
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, PresetSource(settings_cls)
+
 
 # Defaults this job changes from DPOConfig's, with why.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -148,8 +177,23 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "lr_scheduler_type": "cosine",
     "warmup_steps": 0.1,  # below 1: a fraction of the total steps
 }
-# Ranges checked before any model is loaded.
+
+
+def _known_losses(value: list[str]) -> list[str]:
+    """DPOConfig takes any loss name, and DPOTrainer fails on an unknown one at its first step, with the
+    model loaded: the names DPOConfig's help lists are checked here instead."""
+    known = re.findall(r"`'(\w+)'`", dpo_config_fields()["loss_type"].help)
+    if not value:
+        raise ValueError("name at least one loss, e.g. sigmoid")
+    unknown = [name for name in value if name not in known]
+    if known and unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}; TRL's losses: {', '.join(known)}")
+    return value
+
+
+# Ranges (and names) checked before any model is loaded.
 TRAINING_BOUNDS: dict[str, Any] = {
+    "loss_type": AfterValidator(_known_losses),
     "beta": Field(gt=0),
     "learning_rate": Field(gt=0),
     "num_train_epochs": Field(gt=0),
@@ -198,15 +242,15 @@ def _decode_text(cls: type, value: Any, info: Any) -> Any:
         return value
     annotation = cls.model_fields[info.field_name].annotation
     text = value.strip()
-    if text[:1] in "[{" and (_accepts(annotation, list) or _accepts(annotation, dict)):
+    if text == "" and type(None) in get_args(annotation):  # e.g. DPO_LOSS_WEIGHTS= unsets a preset's weights
+        return None
+    if text[:1] in ("[", "{") and (_accepts(annotation, list) or _accepts(annotation, dict)):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc.msg})") from None
     if _accepts(annotation, list) and not _accepts(annotation, str):
         return [part.strip() for part in text.split(",") if part.strip()]
-    if text == "" and type(None) in get_args(annotation):
-        return None
     return value
 
 
@@ -260,6 +304,11 @@ def _describe(error: dict[str, Any], environ: dict[str, str]) -> str:
     elif error["type"] == "value_error":
         message = str(error["ctx"]["error"])
     prefix = f"{name}={shown!r}" if shown is not None else name
+    if given is None:  # not in the environment: the value may be the preset's
+        from entrypoint.presets import preset_key
+
+        where = preset_key(environ, field)
+        prefix = f"{where}={error['input']!r}" if where else prefix
     return f"{prefix}: {message[0].lower()}{message[1:]}"
 
 

@@ -28,6 +28,8 @@ _NOT_TRAINING = {
     "per_device_eval_batch_size", "eval_strategy", "eval_steps", "eval_delay", "project",
     "trackio_space_id", "log_level", "log_level_replica", "log_on_each_node", "resume_from_checkpoint",
     "memory_check", "max_drop_fraction", "image_dir", "bad_rows", "max_bad_fraction",
+    "merge",  # what is written after training (merged/), not what is trained
+    "preset",  # the recipe's name; the values it sets are compared one by one
 }
 
 

@@ -11,7 +11,11 @@ from entrypoint.settings import JobSettings, trainer_overrides
 
 
 def lora_config(settings: JobSettings, family: Family) -> Any:
-    """LoRA on the language model's linear layers; the vision side only when DPO_LORA_VISION=1."""
+    """LoRA on the language model's linear layers; the vision side only when DPO_LORA_VISION=1.
+
+    DPO_TRAIN_PROJECTOR=1: the projector is trained in full as PEFT `modules_to_save` (PEFT wraps every module
+    whose name ends with one of them, trains a copy, saves it in the adapter and keeps LoRA off it), while the
+    vision tower stays frozen (out of LoRA too, unless DPO_LORA_VISION=1)."""
     from peft import LoraConfig
 
     targets = settings.lora_target_modules
@@ -19,7 +23,37 @@ def lora_config(settings: JobSettings, family: Family) -> Any:
         t.strip() for t in targets.split(",") if t.strip()]
     return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                       target_modules=target_modules, task_type="CAUSAL_LM",
-                      exclude_modules=None if settings.lora_vision else family.lora_exclude_pattern)
+                      exclude_modules=None if settings.lora_vision else family.lora_exclude_pattern,
+                      modules_to_save=list(family.projector_modules) if settings.train_projector else None)
+
+
+def place_modules_to_save(model: Any, config: Any) -> Any:
+    """`config.modules_to_save` made to fit `model`: a container (Qwen3-VL's DeepStack mergers are a ModuleList,
+    which PEFT refuses to wrap) is named by its children, each trained in full. Returns `config`."""
+    import torch
+
+    if not getattr(config, "modules_to_save", None):
+        return config
+    modules = dict(model.named_modules())
+    names: list[str] = []
+    for name in config.modules_to_save:
+        module = modules.get(name)
+        if isinstance(module, torch.nn.ModuleList | torch.nn.ModuleDict):
+            names += [f"{name}.{child}" for child, _ in module.named_children()]
+        else:
+            names.append(name)
+    config.modules_to_save = names
+    return config
+
+
+def check_trained_modules(settings: JobSettings, family: Family) -> None:
+    """DPO_TRAIN_PROJECTOR needs a family with a projector: found before any model is loaded."""
+    if settings.train_projector and not family.vision:
+        raise ConfigError(f"DPO_TRAIN_PROJECTOR=true: {family.name} is a text-only model family; it has no "
+                          "projector to train (unset it)")
+    if settings.train_projector and not family.projector_modules:
+        raise ConfigError(f"DPO_TRAIN_PROJECTOR=true: the {family.name} family names no projector modules "
+                          "(Family.projector_modules); it cannot be trained in full yet")
 
 
 def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> Any:
@@ -91,6 +125,24 @@ def build_trainer(settings: JobSettings, model: Any, family: Family, processor: 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=args.gradient_checkpointing,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False})
-    return _trainer_class()(model=model, ref_model=None, args=args, train_dataset=train_dataset,
-                      eval_dataset=eval_dataset, processing_class=processor,
-                      peft_config=lora_config(settings, family), callbacks=callbacks)
+    trainer = _trainer_class()(model=model, ref_model=None, args=args, train_dataset=train_dataset,
+                               eval_dataset=eval_dataset, processing_class=processor,
+                               peft_config=place_modules_to_save(model, lora_config(settings, family)),
+                               callbacks=callbacks)
+    keep_full_modules_in_fp32(trainer.model)
+    return trainer
+
+
+def keep_full_modules_in_fp32(model: Any) -> None:
+    """Modules trained in full (DPO_TRAIN_PROJECTOR) keep fp32 weights, as mixed precision's master weights do.
+
+    For a quantized base TRL casts every trainable parameter to bf16 (QLoRA's recipe for the LoRA matrices).
+    A fully trained layer in bf16 loses its updates (an AdamW step, about the learning rate: 5e-6 by default, on
+    a weight of ~0.02 is under bf16's resolution, 2^-8 relative) and, without autocast (fp32 compute on a CPU),
+    cannot even take the fp32 features of the vision tower, which k-bit preparation upcast. Under autocast
+    (bf16 on a GPU) the matmuls still run in bf16."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.requires_grad and ".modules_to_save." in name and param.dtype != torch.float32:
+            param.data = param.data.to(torch.float32)

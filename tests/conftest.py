@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,32 @@ def run_job(env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.C
     """`python -m entrypoint` as the container runs it."""
     return subprocess.run([sys.executable, "-m", "entrypoint", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def completed_run(tmp_path_factory, cache: Path, name: str, **settings: str) -> tuple[Path, Any]:
+    """A whole job run that must succeed: its output directory and the finished process."""
+    output = tmp_path_factory.mktemp(name)
+    result = run_job(job_env(cache, output, **settings))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result
+
+
+def settings_from(monkeypatch, **env: str):
+    """The job's settings as `load_settings` reads them from these variables."""
+    from entrypoint.settings import load_settings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def error_from(monkeypatch, **env: str) -> str:
+    """The ConfigError these variables give."""
+    from entrypoint.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        settings_from(monkeypatch, **env)
+    return str(caught.value)
 
 
 def start_job(env: dict[str, str]) -> subprocess.Popen:

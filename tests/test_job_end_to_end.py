@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import job_env, run_job
+from conftest import completed_run, job_env, run_job
 from entrypoint.outputs import sha256_file
 
 DEMO = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="6",
@@ -16,10 +16,7 @@ DEMO = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40",
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache_dir):
-    output = tmp_path_factory.mktemp("run")
-    result = run_job(job_env(cache_dir, output, **DEMO))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output, result
+    return completed_run(tmp_path_factory, cache_dir, "run", **DEMO)
 
 
 def test_prints_where_the_adapter_is_and_the_key_metrics(finished_run):
@@ -130,6 +127,9 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path, cache_dir, 
     ("tiny:idefics2", "sample:rlaif-v", "rlaif-v"),
     ("tiny:llava-next", "sample:llava-conversations", "llava-conversations"),  # multi-turn, EXIF, JPEG files
     ("tiny:llava", "sample:rlhf-v", "rlhf-v"),
+    ("tiny:qwen2.5-vl", "sample:rlaif-v", "rlaif-v"),  # mrope positions and image grids through TRL's collator
+    ("tiny:qwen3-vl", "sample:vqa-rad", "vqa-rad"),
+    ("tiny:gemma3", "sample:rlhf-v", "rlhf-v"),  # token_type_ids through TRL's collator
     ("tiny:causal-lm", "sample:text", "preference"),  # text-only preference tuning
 ])
 def test_every_family_and_scenario_trains_and_publishes_the_contract(tmp_path, cache_dir, model, dataset, fmt):

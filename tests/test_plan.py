@@ -110,3 +110,33 @@ def test_a_gpu_the_plan_does_not_fit_is_refused_naming_the_settings(full_size_mo
     with caplog.at_level(logging.WARNING, logger="entrypoint"):
         plan = check_memory(load_settings(), model, load_processor(model), report)
     assert plan.with_context > 12 and any("this one has 12.0 GiB" in r.getMessage() for r in caplog.records)
+
+
+def test_qwen_plan_sizes_the_tower_by_the_processors_pixel_budget_and_names_it(tmp_path, cache_dir, monkeypatch,
+                                                                               caplog):
+    """Qwen2.5-VL's tower sees max_pixels / 14^2 patches an image, decided by the processor: 65,536 at the published
+    12,845,056 pixels, 1,024 at DPO_IMAGE_MAX_PIXELS=200704. The plan says which, and on a GPU it does not fit the
+    refusal names DPO_IMAGE_MAX_PIXELS with a value."""
+    import entrypoint.plan
+    from entrypoint.models.loading import ModelRef, load_processor
+    from entrypoint.models.shapes import build_shapes
+    from entrypoint.plan import check_memory, plan_for_run
+
+    model_dir = tmp_path / "qwen2.5-vl-7b"  # Qwen2.5-VL-7B's config.json beside the published processor files
+    shutil.copytree(build_shapes("qwen2.5-vl", cache_dir / "shapes" / "qwen2.5-vl"), model_dir)
+    (model_dir / "config.json").write_text(full_config("qwen2.5-vl").to_json_string())
+    model = ModelRef(str(model_dir), FAMILIES["qwen2.5-vl"])
+    report = {"tokens": {"pair_tokens": {"p95": 2000, "max": 4000}, "answer_tokens": {"p95": 20},
+                         "image_tokens_per_image": {"images": 10}, "pairs_measured": 10}}
+    published, capped = (plan_for_run(load_settings(), model, load_processor(model, max_pixels=pixels),
+                                      report["tokens"]) for pixels in (None, 200704))
+    assert (published[0].vision_patches, capped[0].vision_patches) == (65536, 1024)
+    # the same pairs (report): only the tower's share differs, 4 images of 65,536 patches at 1,280 wide in fp32
+    assert published[1].activations > capped[1].activations and published[1].weights == capped[1].weights
+    monkeypatch.setattr(entrypoint.plan, "device_memory_gib", lambda: 12.0)
+    with caplog.at_level(logging.INFO, logger="entrypoint"), pytest.raises(ConfigError) as caught:
+        check_memory(load_settings(), model, load_processor(model), report)
+    assert "images: at most 12,845,056 pixels each (the checkpoint's own; DPO_IMAGE_MAX_PIXELS lowers it): up to " \
+           "16,384 tokens and 65,536 vision patches an image" in caplog.text
+    assert "fewer tokens an image: DPO_IMAGE_MAX_PIXELS=802816 (at most 1,024 tokens an image" in str(caught.value)
+

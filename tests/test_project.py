@@ -42,6 +42,12 @@ def test_readme_formats_table_is_generated_from_the_registry():
     assert block == "\n" + reference.formats_markdown(), "README is stale: run `make docs`"
 
 
+def test_readme_presets_table_is_generated_from_the_preset_files():
+    text = (ROOT / "README.md").read_text()
+    block = text.split(reference.PRESETS_START, 1)[1].split(reference.PRESETS_END, 1)[0]
+    assert block == "\n" + reference.presets_markdown(), "README is stale: run `make docs`"
+
+
 @pytest.mark.parametrize("package", KEY_PACKAGES)
 def test_installed_versions_are_the_locked_ones(package):
     locked = locked_versions(ROOT / "requirements.lock")

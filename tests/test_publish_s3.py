@@ -128,7 +128,7 @@ def test_missing_bucket_or_credentials_is_a_clear_startup_error(monkeypatch, end
 def test_a_read_only_credential_is_a_startup_error_not_a_failure_after_training(monkeypatch, endpoint):
     import moto.settings
 
-    iam = boto3.client("iam", endpoint_url=endpoint)
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")  # IAM is global: name a region
     iam.create_user(UserName="reader")
     iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
         "Version": "2012-10-17",

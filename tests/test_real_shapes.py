@@ -26,9 +26,11 @@ def _reloaded_logits_change(output, cache_dir, family: str, image_size=(640, 480
 
     from entrypoint.models.families import FAMILIES
     from entrypoint.models.image_tokens import model_overrides
+    from entrypoint.models.loading import processor_class
 
     base_dir = cache_dir / "shapes" / family
-    processor = transformers.AutoProcessor.from_pretrained(output / "adapter")  # as trained: the limited grid
+    # as trained: the limited grid, Qwen's lowered max_pixels
+    processor = processor_class(FAMILIES[family]).from_pretrained(output / "adapter")
     model_class = getattr(transformers, FAMILIES[family].model_class)
     base = model_class.from_pretrained(base_dir, **model_overrides(FAMILIES[family], processor)).eval()
     prompt = processor.apply_chat_template([{"role": "user", "content": [
@@ -48,6 +50,10 @@ def _reloaded_logits_change(output, cache_dir, family: str, image_size=(640, 480
     # 5 crops of up to 980 px an image: the slowest, so fewer and smaller steps (no warm-up: lr > 0 at step 1)
     ("idefics2", {"max_samples": "4", "max_steps": "2", "per_device_train_batch_size": "1", "eval_fraction": "0.25",
                   "warmup_steps": "0"}),
+    # Qwen's published max_pixels let a 4000x3000 photo cost 15,301 tokens (below): capped at 256 tokens an image
+    ("qwen2.5-vl", {"image_max_pixels": str(256 * 28 * 28)}),
+    ("qwen3-vl", {"image_max_pixels": str(256 * 32 * 32)}),
+    ("gemma3", {}),  # 896-px SigLIP: every photo 256 tokens (+4), pan-and-scan off as it ships
 ])
 def test_shapes_model_trains_on_real_size_photos_and_the_adapter_reloads(tmp_path, cache_dir, family, settings):
     output = tmp_path / "run"
@@ -60,6 +66,12 @@ def test_shapes_model_trains_on_real_size_photos_and_the_adapter_reloads(tmp_pat
     assert report["dropped"] == {} and report["tokens"]["answers_cut"] == 0
     if family == "llava-next":  # anyres: the photos cost what they cost llava-v1.6-mistral-7b
         assert report["tokens"]["image_tokens_per_image"]["max"] == (1176 if settings else 2352)
+    if family.startswith("qwen"):  # DPO_IMAGE_MAX_PIXELS is the trained processor's max_pixels, saved with it
+        assert report["tokens"]["image_tokens_per_image"]["max"] <= 256
+        saved = json.loads((output / "adapter" / "processor_config.json").read_text())
+        assert saved["image_processor"]["size"]["longest_edge"] == int(settings["image_max_pixels"])
+    if family == "gemma3":
+        assert report["tokens"]["image_tokens_per_image"] == {"p50": 260, "p95": 260, "max": 260, "images": 16}
     card = (output / "adapter" / "README.md").read_text()
     assert "## Data" in card and "Tokens an image" in card
     if settings.get("max_image_tiles"):
@@ -102,12 +114,27 @@ def test_settings_a_vision_run_cannot_use_exit_2_before_loading(tmp_path, cache_
     assert not (tmp_path / "out" / "adapter").exists()
 
 
+@pytest.mark.parametrize(("family", "settings", "message"), [
+    # the published max_pixels: the largest photos cost up to 15,597 tokens a prompt, over DPO_MAX_LENGTH=4096
+    ("qwen2.5-vl", {}, "spend fewer tokens an image (DPO_IMAGE_MAX_PIXELS=802816 (at most 1,024 tokens an image; "
+                       "now 12,845,056 pixels, up to 16,384 tokens))"),
+    ("qwen3-vl", {"max_image_tiles": "1"}, "DPO_MAX_IMAGE_TILES=1: qwen3-vl cuts no image into tiles"),
+    ("qwen2.5-vl", {"image_max_pixels": "2000"}, "DPO_IMAGE_MAX_PIXELS=2000 is below qwen2.5-vl's min_pixels"),
+])
+def test_qwen_image_settings_that_cannot_work_exit_2_naming_dpo_image_max_pixels(tmp_path, cache_dir, family, settings,
+                                                                                 message):
+    result = run_job(job_env(cache_dir, tmp_path / "out", model=f"shapes:{family}", **{**PHOTOS, **settings}))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
 def test_a_vision_model_of_an_unknown_family_is_refused_not_trained_as_text(tmp_path, cache_dir):
-    model = tmp_path / "qwen"
+    model = tmp_path / "internvl"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "vision_config": {"depth": 32},
-                                                   "vision_start_token_id": 151652}))
+    (model / "config.json").write_text(json.dumps({"model_type": "internvl", "vision_config": {"hidden_size": 1024},
+                                                   "image_token_id": 151667}))
     result = run_job(job_env(cache_dir, tmp_path / "out", model=str(model), dataset="sample:rlaif-v"), "--dry-run")
     assert result.returncode == 2
-    assert "'qwen2_5_vl' is a vision-language model of a family this job does not support" in result.stderr
+    assert "'internvl' is a vision-language model of a family this job does not support" in result.stderr
     assert "llava-next (llava_next)" in result.stderr and "Traceback" not in result.stderr

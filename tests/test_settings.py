@@ -6,21 +6,9 @@ import dataclasses
 
 import pytest
 
-from entrypoint.errors import ConfigError
-from entrypoint.settings import REDACTED, Settings, load_settings, public_dict, trainer_overrides
+from conftest import error_from, settings_from
+from entrypoint.settings import REDACTED, Settings, public_dict, trainer_overrides
 from entrypoint.trainer_fields import dpo_config_fields
-
-
-def settings_from(monkeypatch, **env: str):
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return load_settings()
-
-
-def error_from(monkeypatch, **env: str) -> str:
-    with pytest.raises(ConfigError) as caught:
-        settings_from(monkeypatch, **env)
-    return str(caught.value)
 
 
 def test_defaults_are_the_7b_llava_next_qlora_job(monkeypatch):

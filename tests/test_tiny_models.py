@@ -15,7 +15,8 @@ from PIL import Image
 
 from entrypoint.models import tiny
 from entrypoint.models.families import FAMILIES
-from entrypoint.models.tiny import MARKER, TINY_FAMILIES, build_tiny
+from entrypoint.models.loading import processor_class
+from entrypoint.models.tiny import IMAGE_PLACEHOLDER, IMAGE_TOKEN, MARKER, TINY_FAMILIES, build_tiny
 
 PROMPT = "What is in the picture?"
 
@@ -33,8 +34,7 @@ def built(request, tmp_path_factory) -> tuple[str, Path]:
 
 
 def _processor(family: str, path: Path):
-    loader = transformers.AutoProcessor if FAMILIES[family].vision else transformers.AutoTokenizer
-    return loader.from_pretrained(path)
+    return processor_class(FAMILIES[family]).from_pretrained(path)
 
 
 def _inputs(family: str, processor) -> dict[str, torch.Tensor]:
@@ -105,7 +105,8 @@ def test_generation_prompt_is_a_token_prefix_of_the_answered_prompt(built):
     answered = [*prompt, {"role": "assistant", "content": "A dog."}]
     prompt_text = processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     answered_text = processor.apply_chat_template(answered, tokenize=False)
-    assert prompt_text == f"<s>System:\nBe brief.\nUser:\n<image>{PROMPT}\nAssistant:\n"
+    image = IMAGE_PLACEHOLDER.get(family, IMAGE_TOKEN)  # Qwen's and Gemma 3's image markers, as their processors expect
+    assert prompt_text == f"<s>System:\nBe brief.\nUser:\n{image}{PROMPT}\nAssistant:\n"
     assert answered_text == f"{prompt_text}A dog.</s>"
     prompt_ids, answered_ids = (tokenizer(text, add_special_tokens=False)["input_ids"]
                                 for text in (prompt_text, answered_text))

@@ -7,7 +7,6 @@ import copy
 import logging
 
 import pytest
-import transformers
 from PIL import Image
 
 from entrypoint.data.budget import PairLengths, spread, token_report
@@ -16,15 +15,17 @@ from entrypoint.data.images import size_limit
 from entrypoint.data.prepare import RowRules, prepare
 from entrypoint.data.samples import write_sample
 from entrypoint.errors import ConfigError
+from entrypoint.models.families import FAMILIES
+from entrypoint.models.loading import processor_class
 from entrypoint.models.shapes import build_shapes
 
-VISION = ("llava-next", "llava", "idefics2")
+VISION = ("llava-next", "llava", "idefics2", "qwen2.5-vl", "qwen3-vl", "gemma3")
 
 
 @pytest.fixture(scope="module")
 def processors(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    return {family: transformers.AutoProcessor.from_pretrained(build_shapes(family, root / family))
+    return {family: processor_class(FAMILIES[family]).from_pretrained(build_shapes(family, root / family))
             for family in (*VISION, "causal-lm")}
 
 
@@ -43,6 +44,8 @@ def test_pair_lengths_equal_trls_collator_token_for_token(processors, family, si
     assert (prompt + lengths["chosen_tokens"], prompt + lengths["rejected_tokens"]) == (chosen, rejected)
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     assert (batch["input_ids"][0] == image_id).sum() <= lengths["image_tokens"][0]  # + Idefics2's boundary tokens
+    for key in ("image_grid_thw", "mm_token_type_ids", "token_type_ids"):  # Qwen's grids and mrope types, Gemma's
+        assert (key in batch) == (key in processor(text=processor.image_token, images=[Image.new("RGB", size)]))
 
 
 def test_spread_is_nearest_rank():

@@ -25,11 +25,11 @@ class PairLengths:
 
     def __init__(self, processor: Any, family: Any = None):
         """`family` (models/families.py): where it says every image costs the same, one is measured."""
-        from entrypoint.models.image_tokens import ImageTokens
+        from entrypoint.models.image_tokens import ImageTokens, same_for_every_size
 
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        fixed = bool(family and family.image_tokens_fixed)
+        fixed = bool(family and same_for_every_size(family, processor))
         self.image_tokens = ImageTokens(processor, fixed) if self.tokenizer is not processor else None
 
     def _count(self, text: str) -> int:

@@ -74,6 +74,15 @@ def size_limit(image_processor: Any, max_pixels: int | None = None) -> SizeLimit
         return SizeLimit(longest=max(max(p) for p in pinpoints), max_pixels=max_pixels)
     size = getattr(image_processor, "size", None) or {}
     size = size if isinstance(size, dict) else vars(size)
+    if getattr(image_processor, "merge_size", None) and size.get("longest_edge"):
+        # Qwen2-VL's image processor (Qwen2.5-VL, Qwen3-VL): size holds pixel COUNTS (min_pixels as
+        # shortest_edge, max_pixels as longest_edge), not sides; it resizes within them, so only max_pixels limits
+        budget = int(size["longest_edge"])
+        return SizeLimit(max_pixels=min(budget, max_pixels) if max_pixels else budget)
+    if getattr(image_processor, "do_pan_and_scan", None) and size.get("height"):
+        # Gemma 3 with pan-and-scan: crops of the long side are each resized to the full size, so keep their pixels
+        crops = int(getattr(image_processor, "pan_and_scan_max_num_crops", None) or 1)
+        return SizeLimit(longest=max(int(size["height"]), int(size["width"])) * crops, max_pixels=max_pixels)
     if size.get("longest_edge"):
         return SizeLimit(longest=int(size["longest_edge"]), max_pixels=max_pixels)
     if size.get("shortest_edge"):

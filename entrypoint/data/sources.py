@@ -33,13 +33,7 @@ def check_source(ref: str) -> None:
     elif ref.startswith("s3://"):
         from entrypoint import s3
 
-        bucket, key = s3.parse_uri(ref)
-        try:
-            found = s3.client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0)
-        except Exception as exc:  # noqa: BLE001 - credentials, bucket, endpoint: all the user's to fix
-            raise ConfigError(f"DPO_DATASET={ref}: {s3.describe_error(exc)}") from None
-        if not found:
-            raise ConfigError(f"DPO_DATASET={ref}: no such object or prefix")
+        s3.data_objects(ref, first_only=True)  # what the download will fetch: an exact key, or a folder
     elif looks_local(ref):
         path = Path(ref).expanduser()
         if not path.exists():
@@ -73,11 +67,35 @@ def _check_hub_dataset(ref: str) -> None:
                           f"{first_line})") from None
 
 
-def _data_files(path: Path) -> tuple[str, list[str]]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in _BUILDERS)
-    suffixes = {p.suffix for p in files}
-    if not files:
+def _split_files(path: Path, split: str) -> dict[str, list[Path]]:
+    """Data files by split, named as `datasets` names them: a single file is `train`; in a folder, by file
+    or folder name (`train-00000.parquet`, `test.jsonl`, `validation/...`), and all of it `train` when no
+    name says otherwise."""
+    if path.is_file():
+        return {"train": [path]}
+    from datasets.data_files import DataFilesDict, get_data_patterns
+    from datasets.exceptions import DataFilesNotFoundError
+
+    try:
+        resolved = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except (DataFilesNotFoundError, FileNotFoundError):
+        resolved = {}
+    found = {str(name): sorted(Path(f) for f in files if Path(f).suffix in _BUILDERS)
+             for name, files in resolved.items()}
+    return {name: files for name, files in found.items() if files}
+
+
+def _data_files(path: Path, split: str) -> tuple[str, list[str]]:
+    """The builder and files of one split (`train`, or with datasets' slicing, `train[:1000]`)."""
+    by_split = _split_files(path, split)
+    if not by_split:
         raise ConfigError(f"{path}: no {'/'.join(_BUILDERS)} files found")
+    name = split.split("[", 1)[0]
+    if name not in by_split:
+        raise ConfigError(f"DPO_DATASET_SPLIT={split}: {path} has the split(s) {', '.join(sorted(by_split))} (named "
+                          f"by file or folder, e.g. {name}-00000.parquet or {name}/); set one of them")
+    files = by_split[name]
+    suffixes = {p.suffix for p in files}
     if len({_BUILDERS[s] for s in suffixes}) > 1:
         raise ConfigError(f"{path}: mixed file types {sorted(suffixes)}; keep one kind per dataset")
     return _BUILDERS[files[0].suffix], [str(p) for p in files]
@@ -88,10 +106,14 @@ def _load_local(path: Path, split: str) -> Any:
 
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    builder, files = _data_files(path)
+        if not isinstance(loaded, datasets.DatasetDict):
+            return loaded
+        if split not in loaded:
+            raise ConfigError(f"DPO_DATASET_SPLIT={split}: {path} has the split(s) {', '.join(sorted(loaded))}")
+        return loaded[split]
+    builder, files = _data_files(path, split)
     try:
-        return datasets.load_dataset(builder, data_files=files, split="train")
+        return datasets.load_dataset(builder, data_files={split.split("[", 1)[0]: files}, split=split)
     except Exception as exc:  # noqa: BLE001 - a file datasets cannot parse: the user's to fix
         cause = exc.__cause__ or exc  # datasets wraps the parser's error
         if isinstance(cause, StopIteration) or "corresponds to no data" in str(cause):  # how datasets says "empty"

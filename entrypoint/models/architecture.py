@@ -34,6 +34,7 @@ class Architecture:
     vision_hidden_size: int = 0
     vision_patches: int = 0  # patches (tokens) the vision tower sees per image tile or crop
     vision_states_kept: int = 0  # hidden states the tower's forward keeps (all of them to pick a feature layer)
+    full_params: int = 0  # parameters trained in full (PEFT modules_to_save: DPO_TRAIN_PROJECTOR), beside LoRA's
 
 
 def build_model(config: Any, family: Family) -> Any:
@@ -65,8 +66,10 @@ def with_lora(model: Any, lora_config: Any) -> Any:
     ConfigError (DPO_LORA_TARGET_MODULES), found here instead of after the weights are loaded."""
     from peft import get_peft_model
 
+    from entrypoint.train import place_modules_to_save
+
     try:
-        return get_peft_model(model, lora_config)
+        return get_peft_model(model, place_modules_to_save(model, lora_config))
     except ValueError as exc:
         raise ConfigError(f"DPO_LORA_TARGET_MODULES={lora_config.target_modules!r}: "
                           f"{str(exc).splitlines()[0]}") from None
@@ -82,7 +85,9 @@ def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
                     if isinstance(module, torch.nn.Linear) and should_convert_module(name, family.keep_full_precision))
     params = sum(p.numel() for p in model.parameters())
     adapted = with_lora(model, lora_config)
-    lora_params = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    full_params = sum(p.numel() for name, p in adapted.named_parameters()
+                      if p.requires_grad and ".modules_to_save." in name)
+    lora_params = sum(p.numel() for p in adapted.parameters() if p.requires_grad) - full_params
     lora_modules = sum(1 for name, _ in adapted.named_modules() if name.endswith(".lora_A"))
     text = config.get_text_config()
     heads = text.num_attention_heads
@@ -94,7 +99,9 @@ def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
         kv_size=(getattr(text, "num_key_value_heads", None) or heads) * head_dim, layers=text.num_hidden_layers,
         vocab_size=text.vocab_size,
         vision_hidden_size=vision.hidden_size if vision else 0,
-        vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1 if vision else 0,
+        # Qwen-VL towers have no image size: the processor's pixel budget decides (plan.py asks image_tokens.py)
+        vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1 if getattr(vision, "image_size", None) else 0,
         vision_states_kept=(vision.num_hidden_layers + 1 if hasattr(config, "vision_feature_layer") else 1)
-        if vision else 0)
+        if vision else 0,
+        full_params=full_params)
 

@@ -1,4 +1,5 @@
-"""Model families: what differs between LLaVA-NeXT, LLaVA 1.5, Idefics2 and text-only causal LMs.
+"""Model families: what differs between LLaVA-NeXT, LLaVA 1.5, Idefics2, Qwen2.5-VL, Qwen3-VL, Gemma 3 and
+text-only causal LMs.
 
 A new family is one `Family` entry, plus its published configuration in `published.py` (from which
 `shapes.py` builds its offline model) and a tiny builder in `tiny.py` for the fast tests.
@@ -23,13 +24,21 @@ class Family:
     vision: bool
     vision_modules: tuple[str, ...]  # kept in full precision, and out of LoRA unless DPO_LORA_VISION=1
     description: str
-    # How an image becomes tokens, which decides what DPO_MAX_IMAGE_TILES does (models/image_tokens.py):
-    # "anyres" (a base image plus grid tiles), "split" (4 crops plus the whole image, or the whole image
-    # alone), "fixed" (one image, one token count), "none" (text only).
+    # How an image becomes tokens, which decides what DPO_MAX_IMAGE_TILES and DPO_IMAGE_MAX_PIXELS do
+    # (models/image_tokens.py): "anyres" (a base image plus grid tiles), "split" (4 crops plus the whole image,
+    # or the whole image alone), "fixed" (one image, one token count), "dynamic" (the image at its own size,
+    # within a pixel budget: one token per 28 x 28 or 32 x 32 pixels), "pan-and-scan" (one fixed-size image,
+    # plus crops of wide or tall images when pan-and-scan is on), "none" (text only).
     tiling: str = "none"
     # Images one pair may hold: None for any number (Idefics2 interleaves them), 0 for text-only models.
     # Rows with more are skipped and counted ("2 images in one row").
     images_per_pair: int | None = 1
+    # The projector (merger, connector) between the vision tower and the language model: the part of
+    # `vision_modules` that DPO_TRAIN_PROJECTOR trains fully (PEFT modules_to_save) while the tower stays frozen.
+    projector_modules: tuple[str, ...] = ()
+    # The job's own processor class (models/processors.py) where AutoProcessor would load more than the job uses:
+    # Qwen's processors bring a video processor that needs torchvision, which the image does not install.
+    image_only_processor: str | None = None
 
     @property
     def image_tokens_fixed(self) -> bool:
@@ -55,13 +64,28 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("llava-next", ("llava_next",), "LlavaNextForConditionalGeneration", True,
                ("model.vision_tower", "model.multi_modal_projector"),
-               "LLaVA-NeXT (v1.6), e.g. llava-hf/llava-v1.6-mistral-7b-hf", "anyres"),
+               "LLaVA-NeXT (v1.6), e.g. llava-hf/llava-v1.6-mistral-7b-hf", "anyres",
+               projector_modules=("model.multi_modal_projector",)),
         Family("llava", ("llava",), "LlavaForConditionalGeneration", True,
                ("model.vision_tower", "model.multi_modal_projector"),
-               "LLaVA 1.5, e.g. llava-hf/llava-1.5-7b-hf", "fixed"),
+               "LLaVA 1.5, e.g. llava-hf/llava-1.5-7b-hf", "fixed", projector_modules=("model.multi_modal_projector",)),
         Family("idefics2", ("idefics2",), "Idefics2ForConditionalGeneration", True,
                ("model.vision_model", "model.connector"),
-               "Idefics2, e.g. HuggingFaceM4/idefics2-8b", "split", images_per_pair=None),
+               "Idefics2, e.g. HuggingFaceM4/idefics2-8b", "split", images_per_pair=None,
+               projector_modules=("model.connector",)),
+        # The vision tower holds its merger (the projector); Qwen3-VL's also has the DeepStack mergers that feed
+        # three tower layers' features into the first decoder layers.
+        Family("qwen2.5-vl", ("qwen2_5_vl",), "Qwen2_5_VLForConditionalGeneration", True, ("model.visual",),
+               "Qwen2.5-VL, e.g. Qwen/Qwen2.5-VL-7B-Instruct", "dynamic", images_per_pair=None,
+               projector_modules=("model.visual.merger",), image_only_processor="Qwen2_5_VLProcessor"),
+        Family("qwen3-vl", ("qwen3_vl",), "Qwen3VLForConditionalGeneration", True, ("model.visual",),
+               "Qwen3-VL, e.g. Qwen/Qwen3-VL-8B-Instruct", "dynamic", images_per_pair=None,
+               projector_modules=("model.visual.merger", "model.visual.deepstack_merger_list"),
+               image_only_processor="Qwen3VLProcessor"),
+        Family("gemma3", ("gemma3",), "Gemma3ForConditionalGeneration", True,
+               ("model.vision_tower", "model.multi_modal_projector"),
+               "Gemma 3, e.g. google/gemma-3-4b-it", "pan-and-scan", images_per_pair=None,
+               projector_modules=("model.multi_modal_projector",)),
         Family("causal-lm", (), "AutoModelForCausalLM", False, (),
                "any text-only causal LM, e.g. mistralai/Mistral-7B-Instruct-v0.2", images_per_pair=0),
     )

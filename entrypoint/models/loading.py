@@ -79,20 +79,32 @@ def _hub_config(repo_id: str, revision: str | None) -> Path:
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def load_processor(model: ModelRef, max_image_tiles: int | None = None) -> Any:
-    """The processor (vision) or tokenizer (text), with a pad token (DPO batches need padding) and at
-    most `max_image_tiles` tiles an image (DPO_MAX_IMAGE_TILES, see image_tokens.py)."""
+def processor_class(family: Family) -> Any:
+    """What loads the family's processor: AutoTokenizer (text), AutoProcessor, or the job's own image-only class
+    (models/processors.py) for the processors AutoProcessor cannot load without torchvision."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    from entrypoint.models.image_tokens import limit_tiles
+    if family.image_only_processor:
+        from entrypoint.models import processors
 
-    loader = AutoProcessor if model.family.vision else AutoTokenizer
-    processor = loader.from_pretrained(model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"))
+        return getattr(processors, family.image_only_processor)
+    return AutoProcessor if family.vision else AutoTokenizer
+
+
+def load_processor(model: ModelRef, max_image_tiles: int | None = None, max_pixels: int | None = None) -> Any:
+    """The processor (vision) or tokenizer (text), with a pad token (DPO batches need padding), at most
+    `max_image_tiles` tiles an image (DPO_MAX_IMAGE_TILES) and, for the families that resize to a pixel budget,
+    at most `max_pixels` pixels (DPO_IMAGE_MAX_PIXELS): see image_tokens.py."""
+    from entrypoint.models.image_tokens import limit_pixels, limit_tiles
+
+    processor = processor_class(model.family).from_pretrained(model.source, revision=model.revision,
+                                                              token=os.environ.get("HF_TOKEN"))
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.family.vision:
         limit_tiles(model.family, processor, max_image_tiles)
+        limit_pixels(model.family, processor, max_pixels)
     return processor
 
 

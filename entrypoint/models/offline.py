@@ -114,25 +114,28 @@ def _replace(out_dir: Path, new: Path, marker_name: str, old: Path) -> None:
 
 
 def bpe_tokenizer(chat_template: str, special: dict[str, str] | None = None, vocab_size: int = 1000,
-                  **named_tokens: str) -> Any:
+                  whole: tuple[str, ...] = (), **named_tokens: str) -> Any:
     """A byte-level BPE trained on CORPUS, with the special tokens the family's processor expects.
 
-    `special` names bos/eos/unk/pad (default: <s>, </s>, <unk>, <pad>); `named_tokens` are the
-    family's own (image_token=..., ...). Every special token is in the trained vocabulary, so
-    processors that add their tokens at load time (Idefics2) find them there and never grow the
-    vocabulary past the embeddings.
+    `special` names bos/eos/unk/pad (default: <s>, </s>, <unk>, <pad>; a vocabulary without bos or
+    unk, like Qwen's, leaves them out); `named_tokens` are the family's own (image_token=..., ...).
+    Every special token is in the trained vocabulary, so processors that add their tokens at load
+    time (Idefics2) find them there and never grow the vocabulary past the embeddings. `whole`: runs
+    of characters that are one token each, wherever they stand (whitespace the processor writes
+    around images, which byte-level BPE would split differently before a word).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     special = special or {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD}
     specials = list(dict.fromkeys([*special.values(), *named_tokens.values()]))
-    bpe = Tokenizer(models.BPE(unk_token=special["unk_token"]))
+    bpe = Tokenizer(models.BPE(unk_token=special.get("unk_token")))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    bpe.add_tokens([AddedToken(run, normalized=False) for run in whole])
     return PreTrainedTokenizerFast(tokenizer_object=bpe, **special, extra_special_tokens=named_tokens,
                                    chat_template=chat_template)
 

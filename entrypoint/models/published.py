@@ -14,6 +14,7 @@ the real checkpoint loads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # CLIP ViT-L/14-336 normalisation, shared by both LLaVA checkpoints' preprocessor_config.json.
@@ -28,6 +29,15 @@ _LLAVA_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", 
                  "image_token": "<image>"}
 _LLAVA_ADDED = {"<image>": 32000, "<pad>": 32001}
 _LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+# The Qwen2-VL line's special tokens (tokenizer_config.json's added_tokens_decoder, the same in 2.5-VL and 3-VL).
+_QWEN_ADDED = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+               "<|vision_end|>": 151653, "<|vision_pad|>": 151654, "<|image_pad|>": 151655, "<|video_pad|>": 151656}
+
+
+def _chat_template(name: str) -> str:
+    """A checkpoint's chat template, kept byte for byte in chat_templates/ (too long to read well inline)."""
+    return (Path(__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
 @dataclass(frozen=True)
@@ -228,6 +238,171 @@ PUBLISHED: dict[str, Published] = {
         params_billion=7.24,  # "Model size 7.24B params" (same-architecture pages)
         sources=("huggingface.co/hiranb/mistralonnx config.json",
                  "huggingface.co/PrunaAI/Mistral-7B-Instruct-v0.2-bnb-4bit tokenizer_config.json"),
+    ),
+    "qwen2.5-vl": Published(
+        repo="Qwen/Qwen2.5-VL-7B-Instruct",
+        # config.json of Qwen/Qwen2.5-VL-7B-Instruct, as vendored by NVIDIA TensorRT-LLM
+        # (tests/unittest/_torch/modeling/test_modeling_qwen2_5vl.py, QWEN2_5_VL_7B_CONFIG) with the full model's
+        # layer counts the test notes (28 decoder layers, a 32-block vision tower) and the tower's full-attention
+        # blocks [7, 15, 23, 31] (the same tower's config.json in Qwen2.5-VL-3B-Instruct, sophgo/LLM-TPU
+        # models/Qwen2_5_VL/config). The test's _name_or_path is left out.
+        config={
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "attention_dropout": 0.0,
+            "bos_token_id": 151643,
+            "eos_token_id": 151645,
+            "vision_start_token_id": 151652,
+            "vision_end_token_id": 151653,
+            "vision_token_id": 151654,
+            "image_token_id": 151655,
+            "video_token_id": 151656,
+            "hidden_act": "silu",
+            "hidden_size": 3584,
+            "initializer_range": 0.02,
+            "intermediate_size": 18944,
+            "max_position_embeddings": 128000,
+            "max_window_layers": 28,
+            "model_type": "qwen2_5_vl",
+            "num_attention_heads": 28,
+            "num_hidden_layers": 28,
+            "num_key_value_heads": 4,
+            "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000.0,
+            "sliding_window": 32768,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "transformers_version": "4.41.2",
+            "use_cache": True,
+            "use_sliding_window": False,
+            "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                              "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14,
+                              "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+                              "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
+                              "temporal_patch_size": 2},
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+            "vocab_size": 152064,
+        },
+        # preprocessor_config.json (the same 9 keys in Qwen2.5-VL-3B-Instruct's copy, sophgo/LLM-TPU
+        # models/Qwen2_5_VL/config, and in printed 7B processors): min/max_pixels are pixel COUNTS; 12845056 =
+        # 16,384 tokens of 28 x 28 pixels.
+        image_processor={
+            "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
+            "merge_size": 2, "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD,
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+        },
+        processor=None,  # no processor_config.json: the processor is named in preprocessor_config.json
+        # chat_template.json at revision cc594898137f460bfe9f0759e9844b3ce807cfb5 (the official template quoted in
+        # a renderer validation of that revision; the 3B's chat_template.json in sophgo/LLM-TPU is byte-identical).
+        chat_template=_chat_template("qwen2.5-vl"),
+        # tokenizer_config.json: no bos and no unk token, eos <|im_end|>, pad <|endoftext|>; the vision tokens are
+        # additional special tokens (named here as the processor reads them).
+        special_tokens={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "image_token": "<|image_pad|>",
+                        "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+                        "vision_end_token": "<|vision_end|>", "vision_pad_token": "<|vision_pad|>",
+                        "im_start_token": "<|im_start|>"},
+        added_tokens=_QWEN_ADDED,
+        params_billion=8.29,  # "Model size 8.29B params" on the model page (the tower and the 152k vocab count)
+        sources=("NVIDIA/TensorRT-LLM tests/unittest/_torch/modeling/test_modeling_qwen2_5vl.py",
+                 "sophgo/LLM-TPU models/Qwen2_5_VL/config (Qwen2.5-VL-3B-Instruct: processor, template, tokenizer)"),
+    ),
+    "qwen3-vl": Published(
+        repo="Qwen/Qwen3-VL-8B-Instruct",
+        # config.json of Qwen/Qwen3-VL-8B-Instruct, as vendored by NVIDIA TensorRT-LLM
+        # (tests/unittest/_torch/modeling/test_modeling_qwen3vl.py, QWEN3_VL_8B_CONFIG) with the full model's 36
+        # decoder layers (the test cuts them to 4 and notes 36); its _attn_implementation and _name_or_path are left
+        # out.
+        config={
+            "architectures": ["Qwen3VLForConditionalGeneration"],
+            "image_token_id": 151655,
+            "model_type": "qwen3_vl",
+            "text_config": {
+                "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "dtype": "bfloat16",
+                "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096,
+                "initializer_range": 0.02, "intermediate_size": 12288, "max_position_embeddings": 262144,
+                "model_type": "qwen3_vl_text", "num_attention_heads": 32, "num_hidden_layers": 36,
+                "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+                "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+                "rope_theta": 5000000, "tie_word_embeddings": False, "use_cache": True, "vocab_size": 151936,
+            },
+            "tie_word_embeddings": False,
+            "transformers_version": "4.57.0.dev0",
+            "video_token_id": 151656,
+            "vision_config": {
+                "deepstack_visual_indexes": [8, 16, 24], "depth": 27, "hidden_act": "gelu_pytorch_tanh",
+                "hidden_size": 1152, "in_channels": 3, "initializer_range": 0.02, "intermediate_size": 4304,
+                "model_type": "qwen3_vl", "num_heads": 16, "num_position_embeddings": 2304, "out_hidden_size": 4096,
+                "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            },
+            "vision_end_token_id": 151653,
+            "vision_start_token_id": 151652,
+        },
+        # preprocessor_config.json of the Qwen3-VL line (Qwen3-VL-4B-Instruct's in sophgo/LLM-TPU
+        # models/Qwen3_VL/config; the same 8 keys in the 8B's, trimmed copy in a processor test): size holds pixel
+        # COUNTS, 16777216 = 16,384 tokens of 32 x 32 pixels, 65536 = 64 tokens.
+        image_processor={
+            "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16, "temporal_patch_size": 2,
+            "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "processor_class": "Qwen3VLProcessor", "image_processor_type": "Qwen2VLImageProcessorFast",
+        },
+        processor=None,
+        # chat_template.json: the Qwen3-VL Instruct template, 5,292 bytes, sha256 3636d0f0...a489e4, the value
+        # pinned for Qwen/Qwen3-VL-8B-Instruct-GGUF's template in zhongkaifu/TensorSharp's tests; the 4B's
+        # chat_template.json in sophgo/LLM-TPU is byte-identical.
+        chat_template=_chat_template("qwen3-vl"),
+        special_tokens={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "image_token": "<|image_pad|>",
+                        "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+                        "vision_end_token": "<|vision_end|>", "vision_pad_token": "<|vision_pad|>",
+                        "im_start_token": "<|im_start|>"},
+        added_tokens=_QWEN_ADDED,
+        params_billion=8.77,  # "Model size 8.77B params" on the model page
+        sources=("NVIDIA/TensorRT-LLM tests/unittest/_torch/modeling/test_modeling_qwen3vl.py",
+                 "sophgo/LLM-TPU models/Qwen3_VL/config (Qwen3-VL-4B-Instruct: processor, template, tokenizer)",
+                 "zhongkaifu/TensorSharp QwenImageIntentScorerTests (Qwen3-VL-8B-Instruct template sha256)"),
+    ),
+    "gemma3": Published(
+        repo="google/gemma-3-4b-it",
+        # config.json of google/gemma-3-4b-it, verbatim (sophgo/LLM-TPU models/Gemma3/config, a copy of the
+        # checkpoint's files, README "base_model: google/gemma-3-4b-pt"); the text model's heads (8, 4 key/value,
+        # head_dim 256) and vocabulary (262,208) are Gemma3TextConfig's defaults.
+        config={
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "boi_token_index": 255999,
+            "eoi_token_index": 256000,
+            "eos_token_id": [1, 106],
+            "image_token_index": 262144,
+            "initializer_range": 0.02,
+            "mm_tokens_per_image": 256,
+            "model_type": "gemma3",
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                            "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                            "sliding_window": 1024},
+            "torch_dtype": "bfloat16",
+            "transformers_version": "4.50.0.dev0",
+            "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                              "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+                              "patch_size": 14, "vision_use_head": False},
+        },
+        # preprocessor_config.json (same source; identical copies in three training scripts that restore it after
+        # saving): pan-and-scan is null here, and Gemma3Processor's own default turns it off.
+        image_processor={
+            "do_convert_rgb": None, "do_normalize": True, "do_pan_and_scan": None, "do_rescale": True,
+            "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Gemma3ImageProcessor",
+            "image_seq_length": 256, "image_std": [0.5, 0.5, 0.5], "pan_and_scan_max_num_crops": None,
+            "pan_and_scan_min_crop_size": None, "pan_and_scan_min_ratio_to_activate": None,
+            "processor_class": "Gemma3Processor", "resample": 2, "rescale_factor": 0.00392156862745098,
+            "size": {"height": 896, "width": 896},
+        },
+        processor={"image_seq_length": 256, "processor_class": "Gemma3Processor"},  # processor_config.json
+        chat_template=_chat_template("gemma3"),  # chat_template.json (same source), 1,532 bytes
+        # special_tokens_map.json and tokenizer_config.json: bos <bos>=2, eos <eos>=1, unk <unk>=3, pad <pad>=0,
+        # boi/eoi/image tokens; <start_of_turn>=105 and <end_of_turn>=106 are special tokens of the vocabulary.
+        special_tokens={"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
+                        "image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                        "eoi_token": "<end_of_image>", "start_of_turn_token": "<start_of_turn>",
+                        "end_of_turn_token": "<end_of_turn>"},
+        added_tokens={"<image_soft_token>": 262144},  # added_tokens.json
+        params_billion=4.30,  # "Model size 4.3B params" on the model page
+        sources=("sophgo/LLM-TPU models/Gemma3/config (google/gemma-3-4b-it's config, processor, template, tokens)",),
     ),
 }
 

@@ -1,0 +1,32 @@
+"""The model card tells a user of each family what their own code must do to see images as training did."""
+
+from __future__ import annotations
+
+import pytest
+
+from entrypoint.card import render
+from entrypoint.models.families import FAMILIES
+from entrypoint.models.loading import ModelRef
+from entrypoint.settings import load_settings
+
+METRICS = {"train": {"global_step": 3}, "eval_before": {"loss": 0.69}, "eval_after": {"loss": 0.6}}
+REPORT = {"train_pairs": 9, "eval_pairs": 1, "format": "rlaif-v"}
+
+
+def card(monkeypatch, family: str, **env: str) -> str:
+    for key, value in env.items():
+        monkeypatch.setenv(f"DPO_{key.upper()}", value)
+    settings = load_settings()
+    return render(settings, ModelRef(settings.model, FAMILIES[family]), REPORT, METRICS)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_qwen_cards_name_the_pixel_cap_and_torchvision(monkeypatch, family):
+    assert "pixels" not in card(monkeypatch, "llava-next").split("## How to load")[1]
+    text = card(monkeypatch, family, image_max_pixels="802816")
+    assert "at most 802,816 pixels" in text and "needs `torchvision`" in text
+
+
+def test_a_gemma3_card_trained_with_pan_and_scan_says_how_to_call_the_processor(monkeypatch):
+    assert "do_pan_and_scan" not in card(monkeypatch, "gemma3")
+    assert "do_pan_and_scan=True, pan_and_scan_max_num_crops=3" in card(monkeypatch, "gemma3", max_image_tiles="3")
