@@ -151,23 +151,40 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
         state.mark("results")
     if not ranks.is_main_process:
         return None
-    if not state.done("published"):
-        state.mark("published", publish(settings, paths))
+    published = state.get("published") or {}
+    todo = unpublished(destinations(settings), published)
+    if todo:
+        state.mark("published", {**published, **publish(settings, paths, todo)})
     return RunResult(paths, metrics)
 
 
-def publish(settings: JobSettings, paths: RunPaths) -> dict[str, Any]:
-    """Upload the finished run where the settings say; each publisher is idempotent."""
+def destinations(settings: JobSettings) -> dict[str, str]:
+    """Where this run goes, by publisher: {"s3": DPO_S3_URI, "hub": DPO_HUB_REPO}, those that are set."""
+    return {kind: where for kind, where in (("s3", settings.s3_uri), ("hub", settings.hub_repo)) if where}
+
+
+def unpublished(wanted: dict[str, str], published: dict[str, Any]) -> dict[str, str]:
+    """The destinations not yet published to. A destination added or changed after the run finished is
+    published then (the destinations are not among the settings a restart compares), without retraining."""
+    def done_to(record: Any) -> str | None:
+        return record.get("to") if isinstance(record, dict) else None
+
+    return {kind: where for kind, where in wanted.items() if done_to(published.get(kind)) != where}
+
+
+def publish(settings: JobSettings, paths: RunPaths, todo: dict[str, str]) -> dict[str, Any]:
+    """Upload the finished run to each destination in `todo`; each publisher is idempotent."""
     done: dict[str, Any] = {}
-    if settings.s3_uri:
+    if "s3" in todo:
         from entrypoint.publish.s3 import upload_run
 
-        done["s3"] = upload_run(paths.output_dir, settings.s3_uri, settings.overwrite)
-    if settings.hub_repo:
+        done["s3"] = {"to": todo["s3"], **upload_run(paths.output_dir, todo["s3"], settings.overwrite)}
+    if "hub" in todo:
         from entrypoint.publish.hub import publish_adapter
 
-        done["hub"] = publish_adapter(paths.adapter_dir, settings.hub_repo, settings.hub_private, paths.run_name)
-        log.info("hub: %s", done["hub"])
+        url = publish_adapter(paths.adapter_dir, todo["hub"], settings.hub_private, paths.run_name)
+        done["hub"] = {"to": todo["hub"], "url": url}
+        log.info("hub: %s", url)
     return done
 
 

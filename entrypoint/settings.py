@@ -126,12 +126,15 @@ class JobSettings(BaseSettings):
         "a restarted job resumes from the newest complete checkpoint there."))
     resume: Literal["auto", "never"] = Field("auto", description=(
         "`auto`: resume from this run's checkpoints when they exist (refused if the settings that shape "
-        "training changed); `never`: start over."))
+        "training changed); `never`: start over, removing this run's checkpoints, state and prepared data from the "
+        "checkpoint directory (nothing else in it)."))
     # --- publishing and tracking
     s3_uri: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", description=(
-        "Upload the run directory to s3://bucket/prefix (manifest.json last, every object verified)."))
+        "Upload the run directory to s3://bucket/prefix (manifest.json last, every object verified). Set or changed "
+        "after the run finished, a rerun publishes there without training again."))
     hub_repo: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$", description=(
-        "Push the adapter and its model card to this Hub model repo (org/name), using HF_TOKEN."))
+        "Push the adapter and its model card to this Hub model repo (org/name), using HF_TOKEN; like DPO_S3_URI, "
+        "a rerun publishes to one added later."))
     hub_private: bool = Field(True, description="Create the Hub repo as private.")
     overwrite: bool = Field(False, description=(
         "Replace a different run already published under DPO_S3_URI (otherwise refused with exit 2)."))

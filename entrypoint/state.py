@@ -7,6 +7,7 @@ to refuse resuming checkpoints that were made with settings that shape training 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,26 @@ def training_settings(settings: JobSettings) -> dict[str, Any]:
     return {k: v for k, v in public_dict(settings).items() if k not in _NOT_TRAINING}
 
 
+# What the job writes in a checkpoint directory: checkpoints, state.json (and write_json's temporary copies),
+# the prepared data (and its temporary copy).
+_OWN = re.compile(rf"^(checkpoint-\d+|{re.escape(STATE)}|{re.escape(PREPARED)})(\.tmp)?$|^\.{re.escape(STATE)}\.\w+$")
+
+
+def remove_own_files(root: Path) -> list[str]:
+    """DPO_RESUME=never: remove what this job wrote in its checkpoint directory (checkpoints, state.json, the
+    prepared data, their temporary copies) and nothing else: on a bucket mount the folder may hold other
+    things. Returns the names left alone."""
+    kept = []
+    for path in sorted(root.iterdir()):
+        if not _OWN.match(path.name):
+            kept.append(path.name)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return kept
+
+
 class RunState:
     """Stages done so far, persisted atomically in `<checkpoint dir>/state.json`."""
 
@@ -53,7 +74,7 @@ class RunState:
         current = training_settings(settings)
         path = root / STATE
         if settings.resume == "never" and root.exists() and writer:
-            shutil.rmtree(root)
+            remove_own_files(root)
         if not path.is_file():
             return cls(root, {"settings": current, "stages": {}}, writer)
         data = json.loads(path.read_text())

@@ -105,3 +105,23 @@ def test_killed_during_upload_then_restarted_completes_the_upload(tmp_path, cach
     assert manifest == json.loads((output / "manifest.json").read_text())
     for entry in manifest["files"]:
         assert uploaded[f"killed/{entry['path']}"] == (output / entry["path"]).read_bytes()
+
+
+def test_a_destination_added_after_the_run_finished_is_published_without_retraining(tmp_path, cache_dir, s3_endpoint):
+    """It used to be skipped for good: state.json said `published` (to nowhere) and the destination is not among
+    the settings a restart compares."""
+    output, wandb_dir = tmp_path / "run", tmp_path / "wandb"
+    first = run_job(env_for(cache_dir, output, s3_endpoint, wandb_dir, report_to="none"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not remote_objects(s3_endpoint, "later/")
+    adapter = (output / "adapter" / "adapter_model.safetensors").read_bytes()
+    for prefix in ("later", "moved"):  # added after the run, then changed
+        again = run_job(env_for(cache_dir, output, s3_endpoint, wandb_dir, report_to="none",
+                                s3_uri=f"s3://{BUCKET}/{prefix}"))
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "results already complete" in again.stderr  # no retraining
+        uploaded = remote_objects(s3_endpoint, f"{prefix}/")
+        assert uploaded[f"{prefix}/adapter/adapter_model.safetensors"] == adapter
+        assert f"{prefix}/manifest.json" in uploaded
+    state = json.loads((output / "checkpoints" / "state.json").read_text())
+    assert state["stages"]["published"]["s3"]["to"] == f"s3://{BUCKET}/moved"

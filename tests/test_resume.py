@@ -89,10 +89,26 @@ def test_changed_training_settings_are_refused_unless_resume_never(tmp_path, cac
     import shutil
 
     shutil.copytree(uninterrupted, output)
+    foreign = output / "checkpoints" / "team-notes" / "keep.txt"  # a shared bucket mount holds other things
+    foreign.parent.mkdir()
+    foreign.write_text("not the job's")
     fresh = run_job(job_env(cache_dir, output, **{**RUN, "learning_rate": "1e-3", "resume": "never"}))
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "resuming from" not in fresh.stderr
     assert adapter_sha(output) != adapter_sha(uninterrupted)
+    assert foreign.read_text() == "not the job's"  # DPO_RESUME=never used to delete the whole directory
+
+
+def test_resume_never_removes_only_what_the_job_wrote(tmp_path):
+    from entrypoint.state import remove_own_files
+
+    root = tmp_path / "mount"
+    for name in ("checkpoint-5/adapter.bin", "checkpoint-10/x", "prepared/data.arrow", "prepared.tmp/a",
+                 "state.json", ".state.json.k2j3", "other-run/checkpoint-5/x", "state.json.backup", "notes.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x")
+    assert remove_own_files(root) == ["notes.txt", "other-run", "state.json.backup"]
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt", "other-run", "state.json.backup"]
 
 
 def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
