@@ -16,7 +16,7 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_FRACTION=0.25 DPO_OUTPUT_DIR=outputs/demo \
 	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
 
-.PHONY: install demo test lint lock docs image bench bench-gpu bench-data clean
+.PHONY: install demo test lint lock docs image bench bench-gpu bench-data bench-settings clean
 
 install: $(VENV)/.installed $(SKY_VENV)/.installed
 
@@ -81,6 +81,9 @@ bench-gpu: $(VENV)/.installed
 	$(BIN)/python bench/bench_gpu.py
 
 # Data preparation on 2,000 generated RLAIF-V photo rows: prepare() vs the seed guide's map vs decode + resize alone.
+bench-settings: $(VENV)/.installed
+	$(BIN)/python bench/bench_settings.py
+
 bench-data: $(VENV)/.installed
 	$(BIN)/python bench/bench_data.py --out build/bench-data/results.json
 

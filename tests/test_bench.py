@@ -36,3 +36,10 @@ def test_bench_data_times_ours_naive_and_floor_and_keeps_every_row(tmp_path):
     assert contenders["ours"]["pairs"] == results["rows"] == 12  # prepare() dropped nothing
     assert results["data"]["rows"] == 12 and 0.05 < results["data"]["bytes_per_pixel"] < 1  # photo-like JPEGs
     assert "| ours (prepare) | 2 |" in result.stdout
+
+
+def test_bench_settings_measures_validation_without_torch():
+    result = subprocess.run([sys.executable, "bench/bench_settings.py", "--runs", "1"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=True)
+    measured = json.loads(result.stdout)
+    assert measured["median_s"] > 0 and measured["torch_imported"] is False

@@ -68,15 +68,14 @@ def test_trainer_overrides_construct_a_real_dpo_config(monkeypatch, tmp_path):
     assert config.learning_rate == settings.learning_rate == 5e-6
 
 
-def test_validation_is_fast_no_torch_import(monkeypatch):
+def test_validation_imports_no_torch(monkeypatch):
+    """What keeps a bad setting cheap; how long it takes is measured by bench/bench_settings.py."""
     import subprocess
     import sys
 
-    code = ("import time, sys; t = time.perf_counter(); from entrypoint.settings import load_settings; "
-            "load_settings(); print(time.perf_counter() - t, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[1] == "False"
-    assert float(out[0]) < 1.0
+    code = "import sys; from entrypoint.settings import load_settings; load_settings(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
 
 
 def test_pad_token_is_vocabulary_not_a_credential(monkeypatch):
