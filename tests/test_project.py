@@ -24,28 +24,15 @@ def test_readme_opens_with_the_two_setup_commands():
     assert commands[:2] == ["make demo", "make test"]
 
 
-def test_readme_settings_table_is_generated_from_the_declaration():
-    text = (ROOT / "README.md").read_text()
-    block = text.split(reference.START, 1)[1].split(reference.END, 1)[0]
-    assert block == "\n" + reference.markdown(), "README is stale: run `make docs`"
-
-
-def test_readme_image_token_table_is_measured_with_the_published_processors():
-    text = (ROOT / "README.md").read_text()
-    block = text.split(reference.TOKENS_START, 1)[1].split(reference.TOKENS_END, 1)[0]
-    assert block == "\n" + reference.image_token_markdown(), "README is stale: run `make docs`"
-
-
-def test_readme_formats_table_is_generated_from_the_registry():
-    text = (ROOT / "README.md").read_text()
-    block = text.split(reference.FORMATS_START, 1)[1].split(reference.FORMATS_END, 1)[0]
-    assert block == "\n" + reference.formats_markdown(), "README is stale: run `make docs`"
-
-
-def test_readme_presets_table_is_generated_from_the_preset_files():
-    text = (ROOT / "README.md").read_text()
-    block = text.split(reference.PRESETS_START, 1)[1].split(reference.PRESETS_END, 1)[0]
-    assert block == "\n" + reference.presets_markdown(), "README is stale: run `make docs`"
+@pytest.mark.parametrize(("start", "end", "generate"), [
+    (reference.START, reference.END, reference.markdown),  # the settings, from their declaration
+    (reference.TOKENS_START, reference.TOKENS_END, reference.image_token_markdown),  # measured, published processors
+    (reference.FORMATS_START, reference.FORMATS_END, reference.formats_markdown),  # the format registry
+    (reference.PRESETS_START, reference.PRESETS_END, reference.presets_markdown),  # the preset files
+], ids=["settings", "image-tokens", "formats", "presets"])
+def test_readme_generated_blocks_are_current(start, end, generate):
+    block = (ROOT / "README.md").read_text().split(start, 1)[1].split(end, 1)[0]
+    assert block == "\n" + generate(), "README is stale: run `make docs`"
 
 
 @pytest.mark.parametrize("package", KEY_PACKAGES)
