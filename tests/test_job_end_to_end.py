@@ -142,3 +142,30 @@ def test_every_family_and_scenario_trains_and_publishes_the_contract(tmp_path, c
     assert (output / "manifest.json").is_file()
     weights = load_file(output / "adapter" / "adapter_model.safetensors")
     assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)
+
+
+def test_a_dry_run_loads_no_weights_but_runs_every_start_up_check(tmp_path, cache_dir):
+    """A local model whose weights file is garbage: a dry run never reads it (exit 0), a real run does (not 0);
+    a dry run still runs the publishing destinations' start-up checks (a missing S3 bucket: exit 2)."""
+    import shutil
+
+    from entrypoint.models.tiny import build_tiny
+
+    model = tmp_path / "model"
+    shutil.copytree(build_tiny("llava-next", tmp_path / "built"), model)
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(b"not a safetensors file")
+    settings = {**DEMO, "model": str(model), "max_steps": "1"}
+    dry = run_job(job_env(cache_dir, tmp_path / "dry", **settings), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "memory plan" in dry.stderr.lower() or "dry run" in dry.stderr
+    real = run_job(job_env(cache_dir, tmp_path / "real", **settings))
+    assert real.returncode not in (0, 2), real.stderr[-2000:]  # the weights are read only by a real run
+    from s3_server import moto_server
+
+    with moto_server() as url:  # no bucket "runs" there
+        env = job_env(cache_dir, tmp_path / "s3", **settings, s3_uri="s3://runs/x")
+        env.update({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL_S3": url})
+        missing = run_job(env, "--dry-run")
+    assert missing.returncode == 2 and "DPO_S3_URI=s3://runs/x" in missing.stderr, missing.stderr[-2000:]
