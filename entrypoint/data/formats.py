@@ -286,7 +286,7 @@ def _answer(value: Any, role: str) -> str:
 
 def _preference(row: dict[str, Any], context: FormatContext) -> dict[str, Any]:
     columns = context.columns or {role: role for role in ("prompt", "chosen", "rejected")}
-    image_column = columns.get("image") or next((c for c in ("images", "image") if c in row), None)
+    image_column = _preference_image_column(columns, row)
     return make_pair(_prompt(row.get(columns["prompt"])), _answer(row.get(columns["chosen"]), "chosen"),
                      _answer(row.get(columns["rejected"]), "rejected"),
                      _images(row.get(image_column)) if image_column else [])
@@ -356,10 +356,15 @@ def resolve_format(name: str, columns: list[str], column_spec: str) -> tuple[For
     return fmt, mapping
 
 
+def _preference_image_column(columns: dict[str, str], column_names: Any) -> str | None:
+    """`preference` reads images from the mapped column, else from `images` or `image` when there is one."""
+    return columns.get("image") or next((c for c in ("images", "image") if c in column_names), None)
+
+
 def image_column(fmt: Format, columns: dict[str, str], column_names: list[str]) -> str | None:
     """The column a format reads images from, or None for text-only data."""
     if fmt.name == "preference":
-        return columns.get("image") or next((c for c in ("images", "image") if c in column_names), None)
+        return _preference_image_column(columns, column_names)
     return "image" if "image" in column_names else None
 
 

@@ -101,13 +101,6 @@ def size_problem(width: int, height: int) -> str:
     return ""
 
 
-def image_problem(image: Any) -> str:
-    """Why no processor should be given this image, or '' when it is fine."""
-    if image is None:
-        return "missing image"
-    return size_problem(*image.size)
-
-
 def _scale(width: int, height: int, limit: SizeLimit) -> float:
     """The shrink factor that meets every limit (1.0: none needed; never above 1: never enlarged)."""
     scale = 1.0
