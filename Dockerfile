@@ -36,9 +36,12 @@ VOLUME ["/cache", "/outputs"]
 # Exactly what the end-to-end tests run. Several GPUs: --entrypoint python ... -m entrypoint.launch
 ENTRYPOINT ["python", "-m", "entrypoint"]
 
-# Last, so that a new commit changes only metadata (`make image` passes both).
+# Last, so that a new commit changes only metadata (`make image` passes both). The job records the commit in
+# manifest.json's provenance (there is no git checkout in the image); requirements.lock stays in /app for its hash.
+# Whoever starts the container can pass its digest as DPO_IMAGE_DIGEST: an image cannot know its own.
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+ENV DPO_CODE_REVISION=${REVISION}
 LABEL org.opencontainers.image.title="dpo-job" \
       org.opencontainers.image.description="DPO with QLoRA on LLaVA-NeXT (and LLaVA 1.5, Idefics2, text LMs); publishes adapters to S3 and the Hub" \
       org.opencontainers.image.licenses="Apache-2.0" \

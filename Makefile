@@ -16,9 +16,20 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_FRACTION=0.25 DPO_OUTPUT_DIR=outputs/demo \
 	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
 
-.PHONY: install demo test lint lock docs image bench bench-gpu bench-data bench-settings clean
+.PHONY: install browser demo test lint lock docs image bench bench-quant bench-gpu bench-data bench-settings bench-encode-once package-check clean
 
-install: $(VENV)/.installed $(SKY_VENV)/.installed
+install: $(VENV)/.installed $(SKY_VENV)/.installed browser
+
+# tests/test_report.py opens report.html in a real headless browser: Debian's chromium, driven by Playwright
+# (whose own browser download is not used). Installed here when missing and root; otherwise, what to install.
+browser:
+	@command -v chromium > /dev/null || command -v chromium-browser > /dev/null || command -v google-chrome > /dev/null \
+		|| if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else \
+			echo "make browser: no chromium on PATH; the report test needs one (Debian: apt-get install -y chromium, as root)" >&2; \
+			exit 1; \
+		fi
 
 # The runtime lock minus the CUDA-only wheels (torch itself comes from TORCH_SPEC), then the test lock.
 build/requirements-cpu.lock: requirements.lock
@@ -46,16 +57,21 @@ demo: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest
 
+# `pip install .` into a fresh venv gives a working job (tests/test_packaging.py, about 70 s; not in `make test`).
+package-check: $(VENV)/.installed
+	$(BIN)/python -m pytest -m package tests/test_packaging.py
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check entrypoint tests bench scripts
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck scripts/*.sh .ci/run
 	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck
 
-# Regenerate both locks from the .in files (no downloads: uv resolves from the index metadata).
+# Regenerate the locks (no downloads: uv resolves from the index metadata). The runtime lock: pyproject.toml's
+# dependency ranges with requirements.in's pins; the existing lock's other versions are kept (no --upgrade).
 lock:
 	$(BIN)/python -m pip install -q uv
-	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml requirements.in -o requirements.lock --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
 	$(BIN)/uv pip compile requirements-dev.in -c requirements.lock -o requirements-dev.lock \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-python-downloads
@@ -73,7 +89,12 @@ image:
 	docker build -t $(IMAGE) --build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
+# The job against `trl dpo` (TRL's CLI): same tiny LLaVA-NeXT, pairs and settings, 5 alternating runs each.
 bench: $(VENV)/.installed
+	$(BIN)/python bench/bench_vs_trl.py --out build/bench-vs-trl.json
+
+# The whole job on the tiny model, 4-bit QLoRA against no quantization (the comparison `make bench` ran before).
+bench-quant: $(VENV)/.installed
 	$(BIN)/python bench/bench_job.py
 
 # LLaVA-NeXT-Mistral-7B QLoRA DPO at 1 tile and full anyres vs the memory plan (on a CPU: the shapes: model).
@@ -83,6 +104,10 @@ bench-gpu: $(VENV)/.installed
 # Data preparation on 2,000 generated RLAIF-V photo rows: prepare() vs the seed guide's map vs decode + resize alone.
 bench-settings: $(VENV)/.installed
 	$(BIN)/python bench/bench_settings.py
+
+# One DPO step with each image encoded once against TRL's path, every family's shapes: model on real-size photos.
+bench-encode-once: $(VENV)/.installed
+	$(BIN)/python bench/bench_encode_once.py --out build/bench-encode-once.json
 
 bench-data: $(VENV)/.installed
 	$(BIN)/python bench/bench_data.py --out build/bench-data/results.json

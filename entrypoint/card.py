@@ -12,10 +12,9 @@ from entrypoint.settings import JobSettings
 _CARD_SETTINGS = ("quantization", "lora_r", "lora_alpha", "lora_dropout", "beta", "loss_type", "learning_rate",
                   "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "max_length", "seed")
-_CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
 
-def _metadata(settings: JobSettings, model: Any) -> dict[str, Any]:
+def _metadata(settings: JobSettings, model: Any, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     tags = ["trl", "dpo", "lora", model.family.name]
     if settings.quantization == "4bit":
         tags.append("qlora")
@@ -24,17 +23,28 @@ def _metadata(settings: JobSettings, model: Any) -> dict[str, Any]:
         meta = {"base_model": settings.model, **meta}
     if not settings.dataset.startswith(("sample:", "/", ".", "s3://")):
         meta["datasets"] = [settings.dataset]
+    if provenance:  # what made it: base revision, data fingerprints, code (the whole record: manifest.json)
+        from entrypoint.provenance import card_subset
+
+        meta["provenance"] = card_subset(provenance)
     return meta
 
 
-def _metrics_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    if not after:
+def _metrics_table(rows: list[dict[str, Any]]) -> list[str]:
+    """metrics.json's "comparison": base model (adapter off) against the tuned one, on the held-out pairs."""
+    if not rows:
         return ["No evaluation split (DPO_EVAL_FRACTION=0)."]
-    lines = ["| metric | before | after |", "|---|---|---|"]
-    for key in _CARD_METRICS:
-        if key in after:
-            lines.append(f"| {key} | {before.get(key, float('nan')):.4f} | {after[key]:.4f} |")
-    return lines
+
+    def number(value: float | None) -> str:
+        return "—" if value is None else f"{value:.4f}"
+
+    lines = ["| metric | base | tuned | pairs or questions |", "|---|---|---|---|"]
+    lines += [f"| {row['metric']} | {number(row['base'])} | {number(row['tuned'])} | {row['count'] or ''} |"
+              for row in rows]
+    notes = dict.fromkeys(f"{row['metric']}: {row['note']}" for row in rows if row["note"] and
+                          not row["metric"].startswith("DPO"))
+    step0 = next((row["note"] for row in rows if row["metric"].startswith("DPO")), None)
+    return [*lines, "", *(f"- {note}" for note in notes), *([f"- DPO rows, {step0}"] if step0 else [])]
 
 
 def _data_section(report: dict[str, Any]) -> list[str]:
@@ -67,15 +77,16 @@ def _plots_section(plots: list[str]) -> list[str]:
 
 
 def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: dict[str, Any],
-           plots: list[str] = (), load_kwargs: dict[str, Any] | None = None) -> str:
+           plots: list[str] = (), load_kwargs: dict[str, Any] | None = None,
+           provenance: dict[str, Any] | None = None) -> str:
     """`load_kwargs`: config values the base model needs to match this adapter's processor (the image
-    grid DPO_MAX_IMAGE_TILES chose)."""
+    grid DPO_MAX_IMAGE_TILES chose); `provenance`: the run's record (provenance.py), a subset goes in the metadata."""
     values = settings.model_dump(mode="json")
     loader = "AutoModelForCausalLM" if not model.family.vision else model.family.model_class
     processor = "AutoProcessor" if model.family.vision else "AutoTokenizer"
     extra = "".join(f", {key}={value!r}" for key, value in (load_kwargs or {}).items())
     lines = [
-        "---", yaml.safe_dump(_metadata(settings, model), sort_keys=False).strip(), "---", "",
+        "---", yaml.safe_dump(_metadata(settings, model, provenance), sort_keys=False).strip(), "---", "",
         f"# DPO LoRA adapter for {settings.model}", "",
         f"Trained with DPO ({', '.join(values['loss_type'])}) on `{settings.dataset}` "
         f"({report.get('train_pairs')} train / {report.get('eval_pairs')} eval pairs, format "
@@ -83,8 +94,9 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
         "## Settings", "", "| setting | value |", "|---|---|",
         *(f"| `{name}` | `{values[name]}` |" for name in _CARD_SETTINGS if name in values), "",
         "## Evaluation (held-out pairs)", "",
-        "Before = the base model (at step 0 the policy equals the reference, so its rewards are 0).", "",
-        *_metrics_table(metrics.get("eval_before", {}), metrics.get("eval_after", {})), "",
+        "Base = the base model (this adapter switched off); tuned = with this adapter. The full report, with the "
+        "curves and sample answers side by side: [report.html](report.html).", "",
+        *_metrics_table(metrics.get("comparison") or []), "",
         *_data_section(report),
         *_plots_section(plots),
         *_how_to_load(settings, model, loader, processor, extra),
@@ -141,7 +153,8 @@ def _processor_notes(settings: JobSettings, model: Any) -> list[str]:
 
 
 def write_model_card(adapter_dir: Path, settings: JobSettings, model: Any, report: dict[str, Any],
-                     metrics: dict[str, Any], plots: list[str] = (), load_kwargs: dict[str, Any] | None = None) -> Path:
+                     metrics: dict[str, Any], plots: list[str] = (), load_kwargs: dict[str, Any] | None = None,
+                     provenance: dict[str, Any] | None = None) -> Path:
     path = adapter_dir / "README.md"
-    path.write_text(render(settings, model, report, metrics, plots, load_kwargs))
+    path.write_text(render(settings, model, report, metrics, plots, load_kwargs, provenance))
     return path

@@ -6,12 +6,13 @@ seconds, not GPU hours.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def preflight(settings: JobSettings, paths: RunPaths) -> Any:
     from entrypoint.models.loading import resolve_model
 
     model = resolve_model(settings.model, settings.model_family, settings.model_revision, paths.cache_dir)
-    check_source(settings.dataset)
+    check_source(settings.dataset, settings.dataset_revision)
     check_image_dir(settings.image_dir)
     if settings.s3_uri:
         from entrypoint.publish.s3 import check_destination
@@ -86,6 +87,7 @@ DRY_RUN_ROWS = 200  # rows a dry run measures: enough for p95 token lengths, sec
 def plan_from_a_sample(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any) -> None:
     """--dry-run: the processor, a sample of the data measured as the run will measure it (token
     lengths, drops), and the memory plan from them; no weights are loaded."""
+    from entrypoint.cost import log_cost
     from entrypoint.data.stage import log_data_report, prepare_pairs
     from entrypoint.models.loading import load_processor
     from entrypoint.plan import check_memory
@@ -96,17 +98,22 @@ def plan_from_a_sample(settings: JobSettings, paths: RunPaths, model_ref: Any, a
                          peek=True)
     log_data_report(data.report, sample=True)
     check_memory(settings, model_ref, processor, data.report)
+    log_cost(settings, model_ref, processor, data.report, sampled=rows)
 
 
 @dataclass(frozen=True)
 class RunResult:
     paths: RunPaths
     metrics: dict[str, Any]
+    published: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """What a person wants at the end of the log: where the results are and how it went."""
+        """What a person wants at the end of the log: where the results are, base vs tuned, where they went."""
+        from entrypoint.evaluate import comparison_lines
+
         train, after = self.metrics["train"], self.metrics["eval_after"]
         lines = [f"done: {self.paths.run_name}",
+                 f"  report:   {self.paths.output_dir / outputs.REPORT}",
                  f"  adapter:  {self.paths.adapter_dir}",
                  f"  manifest: {self.paths.output_dir / outputs.MANIFEST}",
                  f"  steps {train['global_step']}, train loss {train.get('train_loss', float('nan')):.4f}, "
@@ -114,14 +121,19 @@ class RunResult:
         if after:
             lines.append(f"  eval: loss {after['loss']:.4f}, reward accuracy {after['rewards/accuracies']:.3f}, "
                          f"reward margin {after['rewards/margins']:.4f}")
+        if self.metrics.get("comparison"):
+            lines += ["base vs tuned (eval pairs):", *comparison_lines(self.metrics["comparison"])]
+        for kind, record in self.published.items():
+            lines.append(f"  published ({kind}): {record.get('url') or record.get('uri') or record.get('to')}")
         return "\n".join(lines)
 
 
-def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
+def run(settings: JobSettings, dry_run: bool = False, recorded: Any = None) -> RunResult | None:
     """The whole job; returns where the results are and the metrics written (None for a dry run).
 
     Restartable: stages recorded in `state.json` beside the checkpoints are not repeated, and
-    training resumes from the newest complete checkpoint.
+    training resumes from the newest complete checkpoint. `recorded`: the run `--from-run` repeats
+    (rerun.py), whose base model and data this one must match.
     """
     paths = run_paths(settings)
     log.info("run %s -> %s", paths.run_name, paths.output_dir)
@@ -147,15 +159,16 @@ def run(settings: JobSettings, dry_run: bool = False) -> RunResult | None:
     else:
         if ranks.is_main_process:
             manifest.unlink(missing_ok=True)  # whatever is there now is not a complete run
-        metrics = train_and_evaluate(settings, paths, model_ref, args, state, ranks)
+        metrics = train_and_evaluate(settings, paths, model_ref, args, state, ranks, recorded)
         state.mark("results")
     if not ranks.is_main_process:
         return None
     published = state.get("published") or {}
     todo = unpublished(destinations(settings), published)
     if todo:
-        state.mark("published", {**published, **publish(settings, paths, todo)})
-    return RunResult(paths, metrics)
+        published = {**published, **publish(settings, paths, todo)}
+        state.mark("published", published)
+    return RunResult(paths, metrics, published)
 
 
 def destinations(settings: JobSettings) -> dict[str, str]:
@@ -197,18 +210,21 @@ def _ranks() -> Any:
 
 
 def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, state: RunState,
-                       ranks: Any) -> dict[str, Any]:
+                       ranks: Any, recorded: Any = None) -> dict[str, Any]:
     """Data, model, training (resumed where checkpoints exist), evaluation; rank 0 writes the results."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from entrypoint import checkpoints
+    from entrypoint.data.formats import FORMATS
     from entrypoint.data.stage import log_data_report, prepared_data
-    from entrypoint.evaluate import reward_metrics, sample_generations
+    from entrypoint.evaluate import eval_schedule, evaluate_trained, log_eval_cost, reward_metrics, with_step0
     from entrypoint.logs import ProgressLogCallback
     from entrypoint.models.image_tokens import model_overrides
     from entrypoint.models.loading import load_model, load_processor
     from entrypoint.plan import as_dict, check_memory, peak_allocated_gib
+    from entrypoint.provenance import run_record
+    from entrypoint.rerun import check_drift
     from entrypoint.tracking import SettingsToWandb, setup_wandb
     from entrypoint.train import build_trainer
 
@@ -217,6 +233,9 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     with ranks.main_process_first():  # rank 0 prepares and saves; the others then load what it saved
         data = prepared_data(settings, paths.cache_dir, state, processor, model_ref.family, args.max_length)
     log_data_report(data.report)
+    made_of = run_record(settings, model_ref, data, paths.cache_dir, ranks.num_processes)  # manifest's provenance
+    if recorded:  # --from-run: the recorded base model and data, or exit 2 (DPO_ALLOW_DRIFT=1: a warning)
+        check_drift(recorded, made_of, settings)
     plan = check_memory(settings, model_ref, processor, data.report)
 
     # ---- model and trainer
@@ -229,7 +248,9 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     callbacks = [callback, ProgressLogCallback()]
     if settings.report_to == "wandb":
         setup_wandb(paths.run_name)
-        callbacks.append(SettingsToWandb(public_dict(settings)))
+        callbacks.append(SettingsToWandb(public_dict(settings), made_of))
+    eval_every = eval_schedule(settings, args, data.report["train_pairs"], data.report["eval_pairs"],
+                               ranks.num_processes)
     model = load_model(model_ref, settings.quantization, settings.distributed, processor)
     trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; ProgressLogCallback logs instead
@@ -239,26 +260,30 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
     # numerics of the steps after it, so an exact resume must repeat it. At step 0 the policy is
     # the reference, so the result is the same every time.
     before = reward_metrics(trainer)
+    log_eval_cost(before, args, data.report, eval_every, ranks.num_processes)
     if resume_from:
         log.info("resuming from %s", resume_from)
+    start_collecting_garbage()
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - started
     if callback.preempted:
         raise Preempted(f"stopped at step {result.global_step} by SIGTERM; checkpoint saved in "
                         f"{paths.checkpoint_dir}")
-    after = reward_metrics(trainer)
     trainer.save_model(str(paths.adapter_dir))  # every rank: sharded strategies gather the weights
+    evaluated = evaluate_trained(trainer, processor, data.eval, before=before, generations=settings.eval_generations,
+                                 ground_truth=FORMATS[data.report["format"]].ground_truth, run_dir=paths.output_dir,
+                                 is_main=ranks.is_main_process)
     if not ranks.is_main_process:
         return {}
-    samples = sample_generations(trainer.model, processor, data.eval, settings.eval_generations) \
-        if data.eval is not None else []
-
     metrics = {"train": {**result.metrics, "global_step": result.global_step, "wall_seconds": train_seconds,
                          "resumed_from": resume_from.name if resume_from else None},
                "memory": {"plan": as_dict(plan), "peak_allocated_gib": peak_allocated_gib()},
-               "eval_before": before, "eval_after": after, "history": trainer.state.log_history,
-               "samples": samples}
+               "eval_before": before, **evaluated, "history": with_step0(before, trainer.state.log_history)}
+    if settings.report_to == "wandb":
+        from entrypoint.tracking import log_evaluation
+
+        log_evaluation(metrics["comparison"], metrics["samples"], paths.output_dir)
     load_kwargs = model_overrides(model_ref.family, processor) if settings.max_image_tiles else {}
     shutil.rmtree(paths.output_dir / outputs.MERGED_DIR, ignore_errors=True)  # an earlier attempt's, not this adapter's
     if settings.merge:  # the training model's memory goes back first: the merge loads the base again
@@ -267,16 +292,26 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: Any, a
         del trainer, model
         free_memory()
         write_merged(paths.adapter_dir, model_ref, settings, processor, paths.output_dir / outputs.MERGED_DIR)
-    write_results(settings, paths, model_ref, args, data.report, metrics, load_kwargs)
+    write_results(settings, paths, model_ref, args, data.report, metrics, load_kwargs, made_of)
     return metrics
 
 
+def start_collecting_garbage() -> None:
+    """Start-up ran with Python's garbage collector paused (__main__): what it left behind goes now, what lives on
+    (modules, the model, the data) is frozen out of later collections, and collecting resumes for training."""
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
 def write_results(settings: JobSettings, paths: RunPaths, model_ref: Any, args: Any, report: dict[str, Any],
-                  metrics: dict[str, Any], load_kwargs: dict[str, Any] | None = None) -> None:
-    """Rank 0, after the adapter is saved: plots, card, data report, metrics, config; the manifest last."""
+                  metrics: dict[str, Any], load_kwargs: dict[str, Any] | None = None,
+                  provenance: dict[str, Any] | None = None) -> None:
+    """Rank 0, after the adapter is saved: plots, card, report, data report, metrics, config; the manifest last."""
     from entrypoint.card import write_model_card
     from entrypoint.plots import write_plots
     from entrypoint.presets import sources
+    from entrypoint.report import write_report
 
     outputs.remove_unpublished(paths.adapter_dir)
     plots = write_plots(metrics["history"], paths.output_dir / outputs.PLOTS_DIR)
@@ -284,9 +319,12 @@ def write_results(settings: JobSettings, paths: RunPaths, model_ref: Any, args: 
         (paths.adapter_dir / outputs.PLOTS_DIR).mkdir(exist_ok=True)
         shutil.copy2(plot, paths.adapter_dir / outputs.PLOTS_DIR / plot.name)
     write_model_card(paths.adapter_dir, settings, model_ref, report, metrics,
-                     [f"{outputs.PLOTS_DIR}/{p.name}" for p in plots], load_kwargs)
+                     [f"{outputs.PLOTS_DIR}/{p.name}" for p in plots], load_kwargs, provenance)
+    page = write_report(paths.output_dir / outputs.REPORT, run_name=paths.run_name, settings=public_dict(settings),
+                        data_report=report, metrics=metrics, plots=plots, run_dir=paths.output_dir)
+    shutil.copy2(page, paths.adapter_dir / outputs.REPORT)  # self-contained: the card links it, on the Hub too
     outputs.write_json(paths.output_dir / outputs.DATA_REPORT, report)
     outputs.write_json(paths.output_dir / outputs.METRICS, metrics)
-    outputs.write_json(paths.output_dir / outputs.CONFIG, {"run_name": paths.run_name, **public_dict(settings),
+    outputs.write_json(paths.output_dir / outputs.CONFIG, {**public_dict(settings), "run_name": paths.run_name,
                                                           "sources": sources(settings), "dpo_config": args.to_dict()})
-    outputs.write_manifest(paths.output_dir, paths.run_name, exclude=(paths.checkpoint_dir,))
+    outputs.write_manifest(paths.output_dir, paths.run_name, exclude=(paths.checkpoint_dir,), provenance=provenance)

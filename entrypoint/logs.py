@@ -3,7 +3,10 @@
 Everything goes through the root logger's one handler: the job's own lines, the libraries'
 (transformers and datasets bring their own handlers, which are removed) and Python warnings. So
 DPO_LOG_FORMAT=json gives one JSON object per line for all of it, and the secret mask sees all of it.
-Off a terminal the libraries' progress bars are off too: in cloud logs each redraw is a line.
+Off a terminal the libraries' progress bars are off too: in cloud logs each redraw is a line. The job's
+long stages report through `progress` instead: a tqdm bar on a terminal, a line every ~10 s otherwise.
+A Python warning is logged once per process, and the few library warnings that cannot be fixed at their
+cause are filtered (`_UNFIXABLE_WARNINGS`).
 
 Nothing heavy is imported here before `setup_logging` runs: importing transformers' trainer pulls in
 bitsandbytes, which logs a warning at import, and that line must already be formatted and masked.
@@ -15,7 +18,11 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -23,6 +30,19 @@ from entrypoint.settings import SECRET_ENV_VARS
 
 MASK = "***"
 _LIBRARIES = ("transformers", "datasets")
+PROGRESS_EVERY = 10.0  # seconds between two plain progress lines
+progress_log = logging.getLogger("entrypoint.progress")
+
+# Library warnings the job cannot fix at their cause: (message regex, category, module regex), each exact.
+_UNFIXABLE_WARNINGS = (
+    # transformers 5 renamed gradient checkpointing to activation checkpointing, and the old model methods warn
+    # on every call. The job uses the new names (train.dpo_config); the calls left are the libraries':
+    # TRL's `trl.models.utils.disable_gradient_checkpointing` (around the reference model's forward pass, every
+    # training step and evaluation batch), PEFT's `PeftModel.__init__` (is_gradient_checkpointing) and
+    # `prepare_model_for_kbit_training` (gradient_checkpointing_enable).
+    (r"`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` is deprecated",
+     FutureWarning, r"transformers\.modeling_utils"),
+)
 
 
 class SecretMask(logging.Filter):
@@ -59,6 +79,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class OncePerProcess(logging.Filter):
+    """Each Python warning (logger `py.warnings`) is logged once per process, keyed on its first line (where and
+    what). The warnings module's own once-per-location memory is dropped whenever a library changes the warnings
+    filters (each `catch_warnings` block, `resetwarnings`), and some warnings come from code run every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = record.getMessage().partition("\n")[0]
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def secret_values(extra: list[str] = ()) -> list[str]:
     """Values of the standard credential variables set now, plus `extra` (DPO_* secret settings)."""
     return [os.environ[name] for name in SECRET_ENV_VARS if os.environ.get(name)] + [v for v in extra if v]
@@ -76,6 +113,10 @@ def _route_library_logs(progress_bars: bool) -> None:
         library.handlers.clear()
         library.propagate = True
     logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.filters = [f for f in py_warnings.filters if not isinstance(f, OncePerProcess)] + [OncePerProcess()]
+    for message, category, module in _UNFIXABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     if not progress_bars:
         hf_logging.disable_progress_bar()
         datasets_logging.disable_progress_bar()
@@ -99,6 +140,107 @@ def progress_is_a_bar() -> bool:
     return sys.stderr.isatty()
 
 
+def duration(seconds: float) -> str:
+    """`3.1 s`, `4 min 05 s`, `2 h 07 min`."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _scale(value: float, unit: str) -> tuple[float, str]:
+    """Bytes (unit "B") in the binary unit that suits `value`; anything else as it is."""
+    if unit == "B":
+        for power, name in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+            if value >= 1024.0 ** power:
+                return 1024.0 ** power, name
+    return 1.0, unit
+
+
+def _amount(done: float, total: float, unit: str) -> str:
+    """`12/50 rows`, `1.5/12.0 MiB`."""
+    scale, name = _scale(total, unit)
+    digits = 1 if scale > 1 else 0
+    return f"{done / scale:,.{digits}f}/{total / scale:,.{digits}f} {name}"
+
+
+def size_text(size: float) -> str:
+    """`512 B`, `12.3 MiB`."""
+    scale, name = _scale(size, "B")
+    return f"{size / scale:.{1 if scale > 1 else 0}f} {name}"
+
+
+def _rate(per_second: float, unit: str) -> str:
+    """`480.0 rows/s`, `4.0 MiB/s`; below one a second, `31.5 s each`."""
+    if per_second < 1 and unit != "B":
+        return f"{duration(1 / per_second)} each"
+    scale, name = _scale(per_second, unit)
+    return f"{per_second / scale:,.1f} {name}/s"
+
+
+class _ProgressLines:
+    """The plain-line side of `progress`; thread-safe (boto3 reports bytes from its transfer threads)."""
+
+    def __init__(self, what: str, total: int, unit: str, every: float, clock: Callable[[], float]):
+        self.what, self.total, self.unit, self.every, self.clock = what, total, unit, every, clock
+        self.done = 0
+        self.started = self.last_line = clock()
+        self.finished = False  # the last item's line was logged
+        self.lock = threading.Lock()
+
+    def __call__(self, n: int = 1) -> None:
+        with self.lock:
+            self.done += n
+            now = self.clock()
+            last = self.done >= self.total and not self.finished
+            if not (last or now - self.last_line >= self.every):
+                return
+            self.finished, self.last_line = self.finished or last, now
+            elapsed = now - self.started
+            percent = f" ({100 * self.done // self.total}%)" if self.total else ""
+            eta = duration(elapsed * max(self.total - self.done, 0) / self.done) if self.done > 0 else "?"
+            progress_log.info("%s: %s%s, %s elapsed, ETA %s", self.what, _amount(self.done, self.total, self.unit),
+                              percent, duration(elapsed), eta)
+
+    def close(self) -> None:
+        elapsed = self.clock() - self.started
+        rate = f" ({_rate(self.done / elapsed, self.unit)})" if elapsed > 0 and self.done > 0 else ""
+        progress_log.info("%s: %s in %s%s", self.what, _amount(self.done, self.total, self.unit), duration(elapsed),
+                          rate)
+
+
+@contextmanager
+def progress(what: str, total: int, unit: str, *, every: float = PROGRESS_EVERY,
+             clock: Callable[[], float] = time.monotonic) -> Iterator[Callable[[int], None]]:
+    """Progress of a long stage; yields `advance(n=1)`, to call as items (or bytes) are done, from any thread.
+
+    On a terminal a tqdm bar. Otherwise (cloud logs) lines from logger `entrypoint.progress`, at most one every
+    `every` seconds and one at the last item: `<what>: 12/50 <unit> (24%), 3.1 s elapsed, ETA 9.8 s`; then, when
+    the block ends without an error, `<what>: 50/50 <unit> in 12.5 s (4.0 <unit>/s)`. Bytes (unit "B") are shown
+    in KiB, MiB or GiB."""
+    if progress_is_a_bar():
+        from tqdm import tqdm
+
+        scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+        bar = tqdm(total=total, desc=what, unit=unit if unit == "B" else f" {unit}", **scaled)
+        lock = threading.Lock()
+
+        def advance(n: int = 1) -> None:
+            with lock:
+                bar.update(n)
+
+        try:
+            yield advance
+        finally:
+            bar.close()
+        return
+    lines = _ProgressLines(what, total, unit, every, clock)
+    yield lines
+    lines.close()
+
+
 def __getattr__(name: str) -> Any:
     """`ProgressLogCallback` is made on first use, so that importing this module imports no trainer."""
     if name == "ProgressLogCallback":
@@ -111,16 +253,38 @@ def _progress_log_callback() -> type:
     from transformers import TrainerCallback
 
     class ProgressLogCallback(TrainerCallback):
-        """One log line per logging step (step/max, loss, reward accuracy and margin, lr)."""
+        """One log line per logging step: step/max, and while training its share, the time since this process
+        began training and the time left at the pace so far (a resumed run counts from its first step here);
+        then loss, reward accuracy and margin, lr."""
 
         KEYS = ("loss", "rewards/accuracies", "rewards/margins", "learning_rate", "eval_loss",
                 "eval_rewards/accuracies")
+
+        def __init__(self, clock: Callable[[], float] = time.monotonic):
+            self.clock = clock
+            self.started: tuple[float, int] | None = None  # (time, global step) when training began
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any):
+            self.started = (self.clock(), state.global_step)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+            self.started = None
+
+        def _where(self, state: Any) -> str:
+            if not state.max_steps:
+                return "before training"
+            where = f"step {state.global_step}/{state.max_steps}"
+            if self.started is None or state.global_step <= self.started[1]:
+                return where
+            elapsed = self.clock() - self.started[0]
+            left = elapsed * (state.max_steps - state.global_step) / (state.global_step - self.started[1])
+            return (f"{where} ({100 * state.global_step // state.max_steps}%), {duration(elapsed)} elapsed, "
+                    f"ETA {duration(max(left, 0))}")
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
             if state.is_world_process_zero and logs:
                 shown = ", ".join(f"{k} {logs[k]:.4g}" for k in self.KEYS if isinstance(logs.get(k), int | float))
                 if shown:
-                    where = f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training"
-                    logging.getLogger("entrypoint.progress").info("%s: %s", where, shown)
+                    progress_log.info("%s: %s", self._where(state), shown)
 
     return ProgressLogCallback

@@ -7,7 +7,10 @@
       config.json         the resolved settings, secrets redacted
       data_report.json    rows read, pairs made, rows dropped and why
       plots/              loss, reward accuracy, reward margin, chosen vs rejected rewards (PNG)
-      manifest.json       written last: every other file's path, size and sha256
+      samples/            the images of the sample generations in metrics.json (JPEG)
+      report.html         one self-contained page: settings, data, curves, base vs tuned, samples
+      manifest.json       written last: every other file's path, size and sha256, and what made the run
+                          ("provenance": base model, data, code, environment; provenance.py)
 
 A reader that finds manifest.json can trust that the run is complete. Checkpoints and caches are
 working state, not results: they are never listed in the manifest.
@@ -30,6 +33,8 @@ CONFIG = "config.json"
 DATA_REPORT = "data_report.json"
 MANIFEST = "manifest.json"
 PLOTS_DIR = "plots"
+SAMPLES_DIR = "samples"
+REPORT = "report.html"
 # The trainer pickles its arguments (hub_token included) next to the adapter; results never carry them.
 UNPUBLISHED_FILES = ("training_args.bin",)
 
@@ -65,11 +70,13 @@ def result_files(run_dir: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
     return files
 
 
-def write_manifest(run_dir: Path, run_name: str, exclude: tuple[Path, ...] = ()) -> dict[str, Any]:
+def write_manifest(run_dir: Path, run_name: str, exclude: tuple[Path, ...] = (),
+                   provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`provenance`: what made the run (provenance.py), recorded under that key when given."""
     files = [{"path": p.relative_to(run_dir).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in result_files(run_dir, exclude)]
     manifest = {"run_name": run_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "files": files}
+                **({"provenance": provenance} if provenance is not None else {}), "files": files}
     write_json(run_dir / MANIFEST, manifest)
     return manifest
 

@@ -184,25 +184,40 @@ def as_dict(plan: MemoryPlan) -> dict[str, Any]:
             "length": plan.workload.length, "fits": plan.fitting_gpus()}
 
 
+def checkpointing(settings: Any) -> bool:
+    """Activation (gradient) checkpointing as the trainer resolves it: DPO_ACTIVATION_CHECKPOINTING when set, else
+    DPO_GRADIENT_CHECKPOINTING, the older name (train.dpo_config)."""
+    chosen = getattr(settings, "activation_checkpointing", None)
+    return bool(settings.gradient_checkpointing if chosen is None else chosen)
+
+
+def run_config(model: Any, processor: Any, published: bool = False) -> Any:
+    """The model's config as this run builds it (the processor's overrides applied: LLaVA-NeXT's grid);
+    `published`: the full-size checkpoint's a `shapes:` model stands for, instead of the model's own."""
+    from entrypoint.models.architecture import load_config
+    from entrypoint.models.image_tokens import model_overrides
+    from entrypoint.models.loading import config_path
+    from entrypoint.models.published import full_config
+
+    overrides = model_overrides(model.family, processor) if model.family.vision else {}
+    if not published:
+        return load_config(config_path(model), overrides)
+    config = full_config(model.family.name)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
 def plan_for_run(settings: Any, model: Any, processor: Any, tokens: dict[str, Any] | None,
                  published: bool = False) -> tuple[Any, Any, Any]:
     """(architecture, plan at the longest pair, plan at the p95 pair) for this run's settings and data;
     `published`: for the full-size checkpoint a `shapes:` model stands for, instead of the model itself."""
     from entrypoint.models.architecture import describe as describe_architecture
-    from entrypoint.models.architecture import load_config
-    from entrypoint.models.image_tokens import model_overrides, patches_per_image, tiles_per_image
-    from entrypoint.models.loading import config_path
-    from entrypoint.models.published import full_config
+    from entrypoint.models.image_tokens import patches_per_image, tiles_per_image
     from entrypoint.train import lora_config
 
     vision = model.family.vision
-    overrides = model_overrides(model.family, processor) if vision else {}
-    if published:
-        config = full_config(model.family.name)
-        for key, value in overrides.items():
-            setattr(config, key, value)
-    else:
-        config = load_config(config_path(model), overrides)
+    config = run_config(model, processor, published)
     arch = describe_architecture(config, model.family, lora_config(settings, model.family))
     patches = patches_per_image(model.family, processor) if vision else None
     if patches:  # a pixel budget (Qwen-VL): the processor's max_pixels, not the config, sizes what the tower sees
@@ -215,7 +230,7 @@ def plan_for_run(settings: Any, model: Any, processor: Any, tokens: dict[str, An
     work = Workload(batch=settings.per_device_train_batch_size, length=longest, answer_tokens=answer,
                     images_per_pair=math.ceil(per_pair) if vision else 0,
                     tiles_per_image=tiles_per_image(model.family, processor) if vision else 0,
-                    gradient_checkpointing=settings.gradient_checkpointing, lora_dropout=settings.lora_dropout)
+                    gradient_checkpointing=checkpointing(settings), lora_dropout=settings.lora_dropout)
     at_p95 = replace(work, length=min(pair["p95"], longest))
     return arch, plan_memory(arch, settings.quantization, work), plan_memory(arch, settings.quantization, at_p95)
 

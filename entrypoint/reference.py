@@ -12,12 +12,15 @@ from typing import Any
 from entrypoint.settings import Settings, env_name, is_secret, is_trainer_field
 from entrypoint.trainer_fields import dpo_config_fields
 
-USAGE = """usage: python -m entrypoint [--dry-run] [--help]
+USAGE = """usage: python -m entrypoint [--dry-run] [--from-run RUN] [--help]
 
 Preference-tune a (vision-)language model with DPO + QLoRA, configured by environment variables.
 
-  --dry-run   validate the settings, the model and data references (and credentials), then exit
-  --help      show this reference
+  --dry-run        validate the settings, the model and data references (and credentials), then exit
+  --from-run RUN   run a finished run again (its directory, manifest.json, or s3://.../manifest.json): its
+                   recorded settings under any DPO_* variable set, Hub revisions pinned; exit 2 if its base
+                   model or data changed (DPO_ALLOW_DRIFT=1 runs anyway)
+  --help           show this reference
 
 Exit codes: 0 done; 2 bad setting or input (found before any model is loaded); 75 stopped by SIGTERM
 after saving a checkpoint (run again to resume); 1 a bug.

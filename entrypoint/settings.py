@@ -67,6 +67,8 @@ class JobSettings(BaseSettings):
     dataset_columns: str = Field("", description=(
         "Column mapping for the `preference` format, e.g. `prompt=question,chosen=good,rejected=bad,image=img`."))
     dataset_split: str = Field("train", description="Dataset split to read.")
+    dataset_revision: str | None = Field(None, description=(
+        "Hub revision (branch, tag or commit) of a Hub dataset; `--from-run` pins the recorded commit."))
     image_dir: Path | None = Field(None, description=(
         "Folder that image paths in the data are relative to (LLaVA conversation JSON). Default: the folder of "
         "the data file (or the data folder itself)."))
@@ -81,7 +83,8 @@ class JobSettings(BaseSettings):
         "Use at most this many rows (after shuffling with the seed)."))
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Fraction of pairs held out for evaluation.")
     max_eval_pairs: int = Field(256, gt=0, description=(
-        "At most this many eval pairs (evaluation runs before and after)."))
+        "At most this many eval pairs; every evaluation uses them: before, during (DPO_EVAL_STEPS) and after "
+        "training, likelihood preference and task accuracy, base and tuned."))
     max_drop_fraction: float = Field(0.1, ge=0, le=1, description=(
         "Most of the pairs the token budget may drop (prompt with its image tokens reaching DPO_MAX_LENGTH) "
         "before the job refuses to start (exit 2, naming the setting that keeps them)."))
@@ -109,6 +112,9 @@ class JobSettings(BaseSettings):
         "Train the projector between the vision tower and the language model in full (PEFT modules_to_save: "
         "the adapter carries its weights) while the vision tower stays frozen (with DPO_LORA_VISION: LoRA on the "
         "tower, the projector in full); vision-language families only."))
+    encode_images_once: bool = Field(True, description=(
+        "Process and encode each image once a step, shared by the chosen and rejected answers and the reference "
+        "model (TRL does it four times), while the vision tower is frozen; false: TRL's own path."))
     # --- run and outputs
     output_dir: Path | None = Field(None, description=(
         "Run directory: adapter/, metrics.json, config.json, manifest.json. Default: outputs/<run name>."))
@@ -147,7 +153,21 @@ class JobSettings(BaseSettings):
     memory_check: bool = Field(True, description=(
         "On a GPU, refuse to start (exit 2) when the memory plan says the run does not fit; `false` starts anyway."))
     eval_generations: int = Field(2, ge=0, description=(
-        "Number of eval prompts to generate answers for, before and after training, in metrics.json."))
+        "Eval prompts whose greedy answers, base and tuned, are shown side by side (report.html, metrics.json, "
+        "wandb). With a format that holds the right answer (vqa-rad) every eval prompt is answered for task accuracy."))
+    # --- provenance and reruns (README, Reproducing a run)
+    allow_drift: bool = Field(False, description=(
+        "With `--from-run`: run even though the recorded base model, data files or prepared pairs are no longer what "
+        "they were, or a pinned Hub revision is gone (a warning names what changed); otherwise that is exit 2, "
+        "before the model is loaded. No effect without `--from-run`."))
+    image_digest: str | None = Field(None, pattern=r"^([^@\s]+@)?sha256:[0-9a-f]{64}$", description=(
+        "Digest of the container image the job runs in (`sha256:...` or `name@sha256:...`), recorded in "
+        "manifest.json's provenance: set it where the image is started (SkyPilot YAML, CI), since an image cannot "
+        "know its own digest. Describes the run, never changes it."))
+    code_revision: str | None = Field(None, description=(
+        "Git commit of the code, recorded in manifest.json's provenance when the code does not run from a git "
+        "checkout: the image sets it at build time (`make image` passes the checkout's commit). In a checkout, "
+        "`git rev-parse HEAD` is recorded instead."))
 
     @field_validator("model", "dataset")
     @classmethod

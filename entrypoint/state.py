@@ -31,6 +31,7 @@ _NOT_TRAINING = {
     "memory_check", "max_drop_fraction", "image_dir", "bad_rows", "max_bad_fraction",
     "merge",  # what is written after training (merged/), not what is trained
     "preset",  # the recipe's name; the values it sets are compared one by one
+    "allow_drift", "image_digest", "code_revision",  # provenance (--from-run), not what is trained
 }
 
 

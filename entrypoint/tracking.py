@@ -28,13 +28,32 @@ def setup_wandb(run_name: str) -> None:
 
 
 class SettingsToWandb(TrainerCallback):
-    """Adds the job's settings (already redacted) to the wandb run the Trainer's callback opened."""
+    """Adds the job's settings (already redacted) and what made the run (provenance.py: model, data, code,
+    environment) to the wandb run the Trainer's callback opened."""
 
-    def __init__(self, settings_dict: dict[str, Any]):
+    def __init__(self, settings_dict: dict[str, Any], provenance: dict[str, Any] | None = None):
         self.settings_dict = settings_dict
+        self.provenance = provenance
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         import wandb
 
         if state.is_world_process_zero and wandb.run is not None:
-            wandb.run.config.update({"job": self.settings_dict}, allow_val_change=True)
+            extra = {"provenance": self.provenance} if self.provenance else {}
+            wandb.run.config.update({"job": self.settings_dict, **extra}, allow_val_change=True)
+
+
+def log_evaluation(rows: list[dict[str, Any]], samples: list[dict[str, Any]], run_dir: Any) -> None:
+    """Base vs tuned into the run's summary (`eval/<metric>/base|tuned`), and the sample generations as a
+    table with their images, into the wandb run the Trainer's callback opened (still open after training)."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    wandb.run.summary.update({f"eval/{row['metric']}/{model}": row[model] for row in rows
+                              for model in ("base", "tuned") if row[model] is not None})
+    columns = ["image", "prompt", "chosen", "rejected", "base", "tuned"]
+    table = wandb.Table(columns=columns, data=[
+        [wandb.Image(str(run_dir / s["image"])) if s.get("image") else None, *(s[c] for c in columns[1:])]
+        for s in samples])
+    wandb.run.log({"eval/samples": table})

@@ -66,6 +66,15 @@ def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> An
 
     kwargs = trainer_overrides(settings)
     kwargs.pop("save_total_limit", None)  # pruning is checkpoints.prune's: it knows complete from half-written
+    # transformers 5 renamed gradient checkpointing to activation checkpointing and warns when the old name
+    # decides (TRL's default sets it). DPO_GRADIENT_CHECKPOINTING[_KWARGS] still work: they give the new name its
+    # value unless DPO_ACTIVATION_CHECKPOINTING[_KWARGS] is set (as transformers resolves them); the old names
+    # then mirror the new ones (args.gradient_checkpointing is still read).
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        kwargs.pop(old, None)
+        if kwargs.get(new) is None:
+            kwargs[new] = getattr(settings, old)
     dtype = compute_dtype()
     kwargs.setdefault("bf16", dtype == torch.bfloat16)
     kwargs.setdefault("fp16", dtype == torch.float16)
@@ -98,12 +107,17 @@ def _trainer_class() -> type:
     from trl import DPOTrainer
 
     class ResumableDPOTrainer(DPOTrainer):
-        """DPOTrainer whose resume restores the adapter exactly as it was trained.
+        """DPOTrainer whose resume restores the adapter exactly as it was trained, and that writes no model card.
 
         For QLoRA, TRL keeps the LoRA weights in bf16, but on resume transformers reloads them
         with PEFT's `load_adapter`, which upcasts them to fp32: training would go on in another
         precision and drift from an uninterrupted run. Each trainable weight gets its dtype back.
         """
+
+        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+            """Writes nothing. TRL writes its model card beside the checkpoints at every save, reading the tracker's
+            run URL (wandb warns at each save of an offline run that it has none); the job's own card goes into
+            adapter/ (card.py), and nothing reads TRL's."""
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             target = model if model is not None else self.model
@@ -130,6 +144,10 @@ def build_trainer(settings: JobSettings, model: Any, family: Family, processor: 
                                peft_config=place_modules_to_save(model, lora_config(settings, family)),
                                callbacks=callbacks)
     keep_full_modules_in_fp32(trainer.model)
+    if family.vision and settings.encode_images_once:
+        from entrypoint.models.encode_once import encode_images_once
+
+        encode_images_once(trainer, family)
     return trainer
 
 

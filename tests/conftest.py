@@ -85,3 +85,22 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
         assert process.poll() is None, process.stderr.read()[-3000:]
         assert time.monotonic() < deadline, f"timed out waiting for {path}"
         time.sleep(0.05)
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    """A moto S3 server on loopback with a bucket "data"; boto3 (and the job's cached client) pointed at it."""
+    import boto3
+
+    from entrypoint import s3
+    from s3_server import moto_server
+
+    with moto_server() as url:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}.items():
+            monkeypatch.setenv(key, value)
+        s3.client.cache_clear()
+        client = boto3.client("s3", endpoint_url=url)
+        client.create_bucket(Bucket="data")
+        yield client
+        s3.client.cache_clear()

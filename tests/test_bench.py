@@ -43,3 +43,21 @@ def test_bench_settings_measures_validation_without_torch():
                             text=True, timeout=120, check=True)
     measured = json.loads(result.stdout)
     assert measured["median_s"] > 0 and measured["torch_imported"] is False
+
+
+def test_bench_vs_trl_runs_both_and_they_train_alike(tmp_path):
+    """One short run of the job and of `trl dpo` (20-50 s on 2 cores): both timed, the same losses and adapters."""
+    out = tmp_path / "vs-trl.json"
+    result = subprocess.run([sys.executable, "bench/bench_vs_trl.py", "--repeats", "1", "--steps", "5", "--no-warmup",
+                             "--work", str(tmp_path / "work"), "--out", str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [run["tool"] for run in results["runs"]] == ["job", "cli"]
+    for run in results["runs"]:
+        assert run["steps_logged"] == 5 and 0 < run["first_step_s"] < run["wall_to_adapter_s"]
+        assert run["steady_s_per_step"] > 0 and run["peak_rss_tree_mib"] > 0
+    assert len(results["runs"][1]["processes"]) >= 2  # the CLI re-launches itself through accelerate
+    assert len(results["losses"]["job"]) == 5 and results["losses"]["job_vs_cli_max_abs_diff"] < 1e-5
+    assert results["adapters"]["only_job"] == results["adapters"]["only_cli"] == []
+    assert "| ratio | job/cli |" in result.stdout

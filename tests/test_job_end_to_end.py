@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from conftest import completed_run, job_env, run_job
 from entrypoint.outputs import sha256_file
@@ -21,8 +22,30 @@ def finished_run(tmp_path_factory, cache_dir):
 
 def test_prints_where_the_adapter_is_and_the_key_metrics(finished_run):
     output, result = finished_run
-    assert f"adapter:  {output / 'adapter'}" in result.stdout
+    assert f"adapter:  {output / 'adapter'}" in result.stdout and f"report:   {output / 'report.html'}" in result.stdout
     assert "reward accuracy" in result.stdout and "steps 6" in result.stdout
+    assert "preference accuracy (likelihood): base " in result.stdout  # base vs tuned, in the summary
+
+
+def test_evaluates_during_training_and_compares_base_with_tuned(finished_run):
+    output, _ = finished_run
+    metrics = json.loads((output / "metrics.json").read_text())
+    eval_steps = [entry["step"] for entry in metrics["history"] if "eval_loss" in entry]
+    assert eval_steps == [0, 2, 4, 6]  # before training, then about 5 times a run (6 steps: every 2)
+    assert metrics["eval_after"]["loss"] == metrics["history"][-2]["eval_loss"]  # the last step's, not run again
+    preference = metrics["evaluation"]["preference"]
+    pairs = json.loads((output / "data_report.json").read_text())["eval_pairs"]
+    assert preference["base"]["pairs"] == preference["tuned"]["pairs"] == metrics["evaluation"]["pairs"] == pairs
+    assert preference["base"] != preference["tuned"]  # the adapter changed the likelihoods
+    rows = {row["metric"]: row for row in metrics["comparison"]}
+    assert rows["preference accuracy (likelihood)"]["tuned"] == preference["tuned"]["accuracy"]
+    assert rows["DPO loss"]["base"] == pytest.approx(0.6931, abs=1e-4) and "step 0" in rows["DPO loss"]["note"]
+    assert "task" not in metrics["evaluation"]  # RLAIF-V's chosen answer is a better answer, not the right one
+    sample = metrics["samples"][0]
+    assert sample["image"] == "samples/0.jpg" and (output / sample["image"]).stat().st_size > 0
+    card = (output / "adapter" / "README.md").read_text()
+    assert "| preference accuracy (likelihood) |" in card and "[report.html](report.html)" in card
+    assert (output / "adapter" / "report.html").read_bytes() == (output / "report.html").read_bytes()
 
 
 def test_output_contract(finished_run):
@@ -45,7 +68,8 @@ def test_output_contract(finished_run):
     report = json.loads((output / "data_report.json").read_text())
     assert report["format"] == "rlaif-v" and report["train_pairs"] + report["eval_pairs"] == report["pairs"]
     card = (adapter / "README.md").read_text()
-    assert "library_name: peft" in card and "base_model:" not in card  # not a Hub id: no Hub link
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "peft" and "base_model" not in metadata  # not a Hub id: no Hub link
     assert "tiny/llava-next\")" in card  # the load snippet names the base model's real location
 
 
@@ -142,6 +166,11 @@ def test_every_family_and_scenario_trains_and_publishes_the_contract(tmp_path, c
     assert (output / "manifest.json").is_file()
     weights = load_file(output / "adapter" / "adapter_model.safetensors")
     assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)
+    evaluation = json.loads((output / "metrics.json").read_text())["evaluation"]
+    if fmt == "vqa-rad":  # the answer is the right one: every eval question answered and scored, base and tuned
+        task = evaluation["task"]
+        assert sum(kind["questions"] for kind in task.values()) == evaluation["pairs"]
+        assert all(0 <= kind[model] <= 1 for kind in task.values() for model in ("base", "tuned"))
 
 
 def test_a_dry_run_loads_no_weights_but_runs_every_start_up_check(tmp_path, cache_dir):

@@ -140,3 +140,19 @@ def test_qwen_plan_sizes_the_tower_by_the_processors_pixel_budget_and_names_it(t
            "16,384 tokens and 65,536 vision patches an image" in caplog.text
     assert "fewer tokens an image: DPO_IMAGE_MAX_PIXELS=802816 (at most 1,024 tokens an image" in str(caught.value)
 
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, True),  # DPOConfig's default
+    ({"DPO_GRADIENT_CHECKPOINTING": "false"}, False),
+    ({"DPO_ACTIVATION_CHECKPOINTING": "false"}, False),  # transformers 5's name wins, as in the trainer
+    ({"DPO_GRADIENT_CHECKPOINTING": "false", "DPO_ACTIVATION_CHECKPOINTING": "true"}, True),
+])
+def test_the_plan_counts_checkpointing_as_the_trainer_resolves_it(monkeypatch, tmp_path, env, expected):
+    from entrypoint.plan import checkpointing
+    from entrypoint.train import dpo_config
+
+    for key, value in {"DPO_MODEL": "tiny:llava-next", "DPO_DATASET": "sample:rlaif-v", **env}.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert checkpointing(settings) is expected is dpo_config(settings, tmp_path, "run").gradient_checkpointing

@@ -14,6 +14,7 @@ from huggingface_hub import constants
 from huggingface_hub.utils import _http
 
 from entrypoint.errors import ConfigError
+from entrypoint.evaluate import comparison
 from entrypoint.publish.hub import check_hub, publish_adapter
 
 TOKEN = "hf_canaryWriteToken0123"
@@ -86,6 +87,7 @@ def card_and_adapter(tmp_path: Path, monkeypatch) -> Path:
     metrics = {"train": {"global_step": 10},
                "eval_before": {"loss": 0.6931, "rewards/accuracies": 0.0, "rewards/margins": 0.0},
                "eval_after": {"loss": 0.5, "rewards/accuracies": 0.75, "rewards/margins": 0.3}}
+    metrics["comparison"] = comparison({"pairs": 4}, metrics["eval_before"], metrics["eval_after"])
     write_model_card(adapter, settings, ModelRef(settings.model, FAMILIES["llava-next"]),
                      {"train_pairs": 9, "eval_pairs": 1, "format": "rlaif-v"}, metrics, ["plots/loss.png"])
     return adapter
@@ -115,7 +117,7 @@ def test_the_pushed_card_carries_metadata_settings_metrics_plots_and_no_secret(t
     assert {"trl", "dpo", "llava-next", "qlora"} <= set(meta["tags"])
     assert meta["datasets"] == ["openbmb/RLAIF-V-Dataset"]
     assert "| `beta` | `0.2` |" in card
-    assert "| rewards/accuracies | 0.0000 | 0.7500 |" in card
+    assert "| DPO reward accuracy | 0.0000 | 0.7500 | 4 |" in card
     assert "## Training curves\n\n![loss](plots/loss.png)" in card
     assert "PeftModel.from_pretrained" in card
     sent = b"".join(r.content + str(r.url).encode() for r in hub.requests)

@@ -23,6 +23,7 @@ JOB_RECOVERY_KEYS = {"strategy", "max_restarts_on_errors", "recover_on_exit_code
 SECRETS = {"HF_TOKEN", "WANDB_API_KEY"}
 BUCKET = "RUN_BUCKET"
 SETUP = ROOT / "scripts" / "sky_setup.sh"
+IMAGE_VARIANTS = {"llava_next_image.yaml": "llava_next.yaml"}  # runs the CI-built image instead of a venv set-up
 
 LOAD = """
 import json, sys
@@ -32,7 +33,10 @@ for path in sys.argv[1:]:
     print(json.dumps({"path": path, "num_nodes": task.num_nodes, "envs": dict(task.envs),
                       "secrets": sorted(ref.name for ref in task.managed_secret_refs),
                       "resources": [{"accelerators": r.accelerators, "use_spot": r.use_spot,
-                                     "job_recovery": r.job_recovery} for r in task.resources],
+                                     "job_recovery": r.job_recovery, "disk_size": r.disk_size,
+                                     "image_id": r.image_id and list(r.image_id.values())}
+                                    for r in task.resources],
+                      "workdir": task.workdir,
                       "mounts": {k: [s.name, s.mode.value] for k, s in task.storage_mounts.items()},
                       "setup": task.setup, "run": task.run}))
 """
@@ -87,8 +91,12 @@ def test_the_project_checks_the_loader_lacks(path, loaded, monkeypatch):
     assert task["mounts"] == {"/runs": ["my-dpo-runs", "MOUNT_CACHED"]}
     assert "DPO_CHECKPOINT_DIR=/runs/$DPO_RUN_NAME/" in task["run"] and "DPO_OUTPUT_DIR=/runs/$DPO_RUN_NAME/" in task[
         "run"]
-    assert task["setup"].strip() == "bash scripts/sky_setup.sh"
-    assert task["run"].strip().endswith("~/dpo-venv/bin/python -m entrypoint.launch")
+    if path.name in IMAGE_VARIANTS:  # the job comes from the image: nothing set up, the image's Python runs it
+        assert task["setup"] is None and task["workdir"] is None
+        assert task["run"].strip().endswith("/usr/local/bin/python -m entrypoint.launch")
+    else:
+        assert task["setup"].strip() == "bash scripts/sky_setup.sh"
+        assert task["run"].strip().endswith("~/dpo-venv/bin/python -m entrypoint.launch")
     for key, value in task["envs"].items():  # every DPO_* is a setting the job accepts, with a valid value
         if key.startswith("DPO_"):
             monkeypatch.setenv(key, value)
@@ -111,3 +119,24 @@ def test_setup_installs_what_the_tests_and_the_image_install():
     assert "-m entrypoint" in lines[-1]
     result = subprocess.run(["bash", "-n", str(SETUP)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("image", "venv"), IMAGE_VARIANTS.items())
+def test_the_image_variant_is_its_venv_task_in_the_image_ci_builds_pinned_by_digest(loaded, image, venv):
+    """Everything but where the job comes from is the venv task's: resources, settings, secrets, the bucket."""
+    imaged, plain = loaded[str(ROOT / "sky" / image)], loaded[str(ROOT / "sky" / venv)]
+    for key in ("envs", "secrets", "mounts", "num_nodes"):
+        assert imaged[key] == plain[key], key
+    def candidates(task: dict) -> list[str]:  # one per accelerator, in no particular order
+        return sorted(json.dumps({k: v for k, v in r.items() if k != "image_id"}, sort_keys=True)
+                      for r in task["resources"])
+
+    assert candidates(imaged) == candidates(plain)
+    [[image_id]] = {tuple(r["image_id"]) for r in imaged["resources"]}
+    workflow = (ROOT / ".github" / "workflows" / "image.yml").read_text()
+    assert re.fullmatch(r"docker:ghcr\.io/[a-z0-9._-]+/[a-z0-9._-]+@sha256:[0-9a-f]{64}", image_id)  # by digest
+    assert "ghcr.io/" in workflow and "steps.build.outputs.digest" in workflow  # where the digest comes from
+    assert plain["run"].replace("~/dpo-venv/bin/python", "/usr/local/bin/python") == imaged["run"]
+    text = (ROOT / "sky" / image).read_text()
+    assert "run_options: [--user=root]" in text  # SkyPilot prepares the container with apt-get, as root
+

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from conftest import job_env, run_job
-from entrypoint import s3
 from entrypoint.data.images import SizeLimit
 from entrypoint.data.prepare import prepare
 from entrypoint.data.samples import write_sample
 from entrypoint.data.sources import check_source, load_rows
 from entrypoint.errors import ConfigError
-from s3_server import moto_server
-
-
-@pytest.fixture
-def bucket(monkeypatch):
-    with moto_server() as url:
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}.items():
-            monkeypatch.setenv(key, value)
-        s3.client.cache_clear()
-        client = boto3.client("s3", endpoint_url=url)
-        client.create_bucket(Bucket="data")
-        yield client
-        s3.client.cache_clear()
 
 
 def test_s3_file_and_prefix_load_the_same_rows_and_a_rerun_downloads_nothing(tmp_path, bucket):

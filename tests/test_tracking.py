@@ -142,3 +142,45 @@ def test_progress_lines_for_cloud_logs(caplog):
         ProgressLogCallback().on_log(None, state, TrainerControl(), logs={
             "loss": 0.61234, "rewards/accuracies": 0.75, "rewards/margins": 0.1, "grad_norm": 3.0})
     assert caplog.messages == ["step 20/100: loss 0.6123, rewards/accuracies 0.75, rewards/margins 0.1"]
+
+
+def test_base_vs_tuned_and_the_samples_with_their_images_go_to_wandb(tmp_path, monkeypatch):
+    import wandb
+    from PIL import Image
+
+    from entrypoint.tracking import log_evaluation
+
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "samples").mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "samples" / "0.jpg")
+    rows = [{"metric": "preference accuracy (likelihood)", "base": 0.25, "tuned": 0.75, "count": 4, "note": ""},
+            {"metric": "DPO loss", "base": None, "tuned": 0.5, "count": 4, "note": ""}]
+    samples = [{"prompt": "What is this?", "chosen": "A red box.", "rejected": "A cat.", "base": "Box",
+                "tuned": "A red box.", "image": "samples/0.jpg"},
+               {"prompt": "Say hi.", "chosen": "Hi", "rejected": "Bye", "base": "Yo", "tuned": "Hi", "image": None}]
+    run = wandb.init(project="test", dir=str(tmp_path), mode="offline", id="eval-table")  # not an earlier test's
+    run_dir = Path(run.dir).parent
+    log_evaluation(rows, samples, tmp_path)
+    wandb.finish()
+
+    summary = {}
+    for record in wandb_records(next(run_dir.glob("*.wandb"))):
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update})
+    assert summary["eval/preference accuracy (likelihood)/base"] == 0.25
+    assert summary["eval/preference accuracy (likelihood)/tuned"] == 0.75
+    assert "eval/DPO loss/base" not in summary and summary["eval/DPO loss/tuned"] == 0.5
+    # A table logged to a run goes out as a run_table artifact holding the table and its images (the run's own
+    # copy in files/media has placeholders).
+    artifact = next(r.artifact for r in wandb_records(next(run_dir.glob("*.wandb")))
+                    if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "run_table")
+    entries = {Path(entry.path).name: entry for entry in artifact.manifest.contents}
+    table = json.loads(Path(entries["samples.table.json"].local_path).read_text())
+    assert table["columns"] == ["image", "prompt", "chosen", "rejected", "base", "tuned"]
+    assert [row[1:] for row in table["data"]] == [["What is this?", "A red box.", "A cat.", "Box", "A red box."],
+                                                 ["Say hi.", "Hi", "Bye", "Yo", "Hi"]]
+    image = table["data"][0][0]
+    assert image["_type"] == "image-file" and (image["width"], image["height"]) == (40, 30)
+    assert Image.open(entries["0.jpg"].local_path).size == (40, 30) and table["data"][1][0] is None

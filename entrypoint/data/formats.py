@@ -61,6 +61,8 @@ class Format:
     description: str
     # Dataset-wide context: (rows, column mapping, seed) -> FormatContext. Default: the mapping and seed.
     context: Callable[[Any, dict[str, str], int], FormatContext] | None = None
+    # The chosen answer is the right one (not just the better one): task accuracy is scored against it.
+    ground_truth: bool = False
 
 
 # ---- pieces of a pair
@@ -302,7 +304,7 @@ FORMATS: dict[str, Format] = {
                "openbmb/RLHF-V-Dataset: image, and `text` holding a JSON object with question, chosen, rejected."),
         Format("vqa-rad", frozenset({"image", "question", "answer"}), _vqa_rad,
                "flaviagiammarino/vqa-rad: image, question, answer; the rejected answer is built.",
-               context=_vqa_context),
+               context=_vqa_context, ground_truth=True),
         Format("llava-conversations", frozenset({"conversations"}), _llava_conversations,
                "LLaVA conversation JSON: id, image (a path under DPO_IMAGE_DIR or beside the JSON), conversations "
                "of human/gpt turns; the rejected answer is built.", context=_conversation_context),

@@ -15,7 +15,8 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,40 @@ def processes_for(rows: int, asked: int | None) -> int | None:
     return workers if workers > 1 else None
 
 
+@contextmanager
+def counted_rows(what: str, total: int) -> Iterator[None]:
+    """Progress of a datasets `map` run inside the block: rows done, elapsed time and ETA.
+
+    On a terminal datasets draws its own bar. Off one that bar is off (logs.py), but `map` still sends it the
+    rows done, its workers' too, a few times a second (datasets' `hf_tqdm`, looked up when `map` runs): for the
+    block, a bar class that passes those counts on to `logs.progress` lines. Nothing is added per row."""
+    from datasets import arrow_dataset
+
+    from entrypoint.logs import progress, progress_is_a_bar
+
+    bar_class = getattr(arrow_dataset, "hf_tqdm", None)
+    if progress_is_a_bar() or not isinstance(bar_class, type):
+        yield
+        return
+    with progress(what, total, "rows") as advance:
+
+        class CountingBar(bar_class):
+            def __init__(self, *args: Any, **kwargs: Any):
+                super().__init__(*args, **kwargs)
+                if kwargs.get("initial"):  # shards a previous run left in datasets' cache
+                    advance(kwargs["initial"])
+
+            def update(self, n: float | None = 1) -> Any:
+                advance(int(n or 0))
+                return super().update(n)
+
+        arrow_dataset.hf_tqdm = CountingBar
+        try:
+            yield
+        finally:
+            arrow_dataset.hf_tqdm = bar_class
+
+
 def row_label(index: int, row: dict[str, Any]) -> str:
     """`row 17` (its position in the split as read), with the dataset's own id when it has one."""
     ids = [f"{c} {row[c]}" for c in ID_COLUMNS if isinstance(row.get(c), (str, int)) and str(row[c]).strip()]
@@ -118,20 +153,21 @@ def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int,
             eval_fraction: float, max_eval_pairs: int, limit: SizeLimit | None, cache_dir: Path,
             pair_lengths: Callable[..., dict[str, Any]] | None = None,
             max_length: int | None = None, num_proc: int | None = None, max_drop_fraction: float = 1.0,
-            fewer_image_tokens: str | None = None, peek: bool = False, rules: RowRules = RowRules()
-            ) -> PreparedData:
+            fewer_image_tokens: str | None = None, peek: bool = False, rules: RowRules = RowRules(),
+            revision: str | None = None) -> PreparedData:
     """Load, shuffle, cap, format, check, measure and split. Deterministic for a given seed.
 
     `pair_lengths` measures a pair in tokens (budget.PairLengths); pairs whose prompt reaches
     `max_length` are dropped, and more than `max_drop_fraction` of them is a ConfigError naming the
     fix (`fewer_image_tokens`: the setting that spends fewer tokens an image). `num_proc`
     (DPO_DATASET_NUM_PROC) formats in parallel processes (default: see `processes_for`). `peek` reads
-    only the first `max_samples` rows of a Hub dataset (for --dry-run). `rules`: see RowRules.
+    only the first `max_samples` rows of a Hub dataset (for --dry-run). `rules`: see RowRules. `revision`: a Hub
+    dataset's (DPO_DATASET_REVISION).
     """
     import numpy as np
 
     local = local_path(ref, cache_dir)
-    rows = load_rows(ref, split, cache_dir, limit=max_samples if peek else None, local=local)
+    rows = load_rows(ref, split, cache_dir, limit=max_samples if peek else None, local=local, revision=revision)
     image_dir = rules.image_dir or image_root(local)
     rows_read = len(rows)
     if rows_read == 0:
@@ -180,8 +216,9 @@ def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int,
     workers = processes_for(len(rows), num_proc)
     if workers:  # the tokenizer was used here already: its threads and forked workers do not mix
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    pairs = rows.map(to_pair, with_indices=True, remove_columns=rows.column_names, features=_features(vision),
-                     desc="Formatting pairs", num_proc=workers)
+    with counted_rows("data: formatting pairs", len(rows)):
+        pairs = rows.map(to_pair, with_indices=True, remove_columns=rows.column_names, features=_features(vision),
+                         desc="Formatting pairs", num_proc=workers)
     dropped: Counter = Counter()
     examples: dict[str, list[str]] = {}
     for problem, label in zip(pairs["problem"], pairs["row"], strict=True):

@@ -23,8 +23,9 @@ def looks_local(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
 
 
-def check_source(ref: str) -> None:
-    """Fail fast, naming the problem, for a dataset reference that cannot work."""
+def check_source(ref: str, revision: str | None = None) -> None:
+    """Fail fast, naming the problem, for a dataset reference that cannot work (`revision`: a Hub dataset's,
+    DPO_DATASET_REVISION)."""
     if ref.startswith(SAMPLE_PREFIX):
         from entrypoint.data.samples import SAMPLES
 
@@ -43,7 +44,7 @@ def check_source(ref: str) -> None:
     elif not _HUB_ID.match(ref):
         raise ConfigError(f"DPO_DATASET={ref!r}: neither a Hub dataset id, an s3:// URI, a path nor a sample")
     else:
-        _check_hub_dataset(ref)
+        _check_hub_dataset(ref, revision)
 
 
 def check_image_dir(image_dir: Path | None) -> None:
@@ -52,7 +53,7 @@ def check_image_dir(image_dir: Path | None) -> None:
                           "relative to, or leave it unset to use the data file's folder")
 
 
-def _check_hub_dataset(ref: str) -> None:
+def _check_hub_dataset(ref: str, revision: str | None = None) -> None:
     """A typo'd or gated dataset id fails here, not after the processor is loaded. Offline
     (HF_HUB_OFFLINE=1) the Hub cannot be asked: a cached copy may still load."""
     from huggingface_hub import HfApi, constants
@@ -60,10 +61,11 @@ def _check_hub_dataset(ref: str) -> None:
     if constants.HF_HUB_OFFLINE:
         return
     try:
-        HfApi(token=os.environ.get("HF_TOKEN")).dataset_info(ref)
+        HfApi(token=os.environ.get("HF_TOKEN")).dataset_info(ref, revision=revision)
     except Exception as exc:  # noqa: BLE001 - not found, gated, no network: the user's to fix
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError(f"DPO_DATASET={ref}: cannot read it from the Hub ({type(exc).__name__}: "
+        at = f" at DPO_DATASET_REVISION={revision}" if revision else ""
+        raise ConfigError(f"DPO_DATASET={ref}: cannot read it from the Hub{at} ({type(exc).__name__}: "
                           f"{first_line})") from None
 
 
@@ -99,6 +101,16 @@ def _data_files(path: Path, split: str) -> tuple[str, list[str]]:
     if len({_BUILDERS[s] for s in suffixes}) > 1:
         raise ConfigError(f"{path}: mixed file types {sorted(suffixes)}; keep one kind per dataset")
     return _BUILDERS[files[0].suffix], [str(p) for p in files]
+
+
+def split_files(path: Path, split: str) -> list[Path]:
+    """The files a local dataset's split is read from: the file itself, the split's data files in a folder, or every
+    file of a folder `datasets.save_to_disk` wrote."""
+    if path.is_file():
+        return [path]
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [Path(f) for f in _data_files(path, split)[1]]
 
 
 def _load_local(path: Path, split: str) -> Any:
@@ -146,12 +158,14 @@ def image_root(local: Path | None) -> Path | None:
     return local if local.is_dir() else local.parent
 
 
-def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, local: Path | None = None) -> Any:
+def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, local: Path | None = None,
+              revision: str | None = None) -> Any:
     """The raw rows as a `datasets.Dataset` (images decoded lazily by `datasets`).
 
     `limit`: a Hub dataset is streamed and only its first `limit` rows are read (a dry run's sample,
     without downloading the whole set); local files are read whole either way. `local`: what
-    `local_path(ref, cache_dir)` returned, when the caller already has it.
+    `local_path(ref, cache_dir)` returned, when the caller already has it. `revision`: a Hub dataset's branch, tag
+    or commit (DPO_DATASET_REVISION; `--from-run` pins the recorded commit).
     """
     import datasets
 
@@ -160,8 +174,9 @@ def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, l
         return _load_local(local, split)
     try:
         if limit:
-            stream = datasets.load_dataset(ref, split=split, token=os.environ.get("HF_TOKEN"), streaming=True)
+            stream = datasets.load_dataset(ref, split=split, revision=revision, token=os.environ.get("HF_TOKEN"),
+                                           streaming=True)
             return datasets.Dataset.from_list(list(stream.take(limit)), features=stream.features)
-        return datasets.load_dataset(ref, split=split, token=os.environ.get("HF_TOKEN"))
+        return datasets.load_dataset(ref, split=split, revision=revision, token=os.environ.get("HF_TOKEN"))
     except (OSError, ValueError) as exc:  # not found, no such split, offline and not cached
         raise ConfigError(f"DPO_DATASET={ref}: {str(exc).splitlines()[0]}") from None

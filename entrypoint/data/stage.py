@@ -33,6 +33,7 @@ def prepare_pairs(settings: JobSettings, cache_dir: Path, processor: Any, family
                    cache_dir=cache_dir, pair_lengths=PairLengths(processor, family), max_length=max_length,
                    num_proc=settings.dataset_num_proc, max_drop_fraction=settings.max_drop_fraction,
                    fewer_image_tokens=fewer_tokens_hint(family, processor) if vision else None, peek=peek,
+                   revision=settings.dataset_revision,
                    rules=RowRules(bad_rows=settings.bad_rows, max_bad_fraction=settings.max_bad_fraction,
                                   max_images=family.images_per_pair, model=f"{family.name} ({settings.model})",
                                   image_dir=settings.image_dir.expanduser() if settings.image_dir else None))

@@ -7,17 +7,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from entrypoint.data.sources import looks_local
 from entrypoint.errors import ConfigError
+from entrypoint.logs import duration, size_text
 from entrypoint.models.families import FAMILIES, Family, family_from_config
 
+log = logging.getLogger("entrypoint.model")
 TINY_PREFIX = "tiny:"
 SHAPES_PREFIX = "shapes:"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # counted in the size on disk logged before loading
 
 
 @dataclass(frozen=True)
@@ -154,13 +159,28 @@ def load_model(model: ModelRef, quantization: str, distributed: str = "ddp", pro
     sharded = distributed != "ddp"
     model_class = getattr(transformers, model.family.model_class)
     overrides = model_overrides(model.family, processor) if processor is not None else {}
+    log.info("model: loading %s (%s, %s, %s)", model.source, model.family.name,
+             "full precision" if quantization == "none" else quantization, _weights_on_disk(model))
+    started = time.monotonic()
     loaded = model_class.from_pretrained(
         model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"), dtype=dtype,
         quantization_config=quantization_config(quantization, model.family, dtype, distributed == "fsdp"),
         device_map=device_map(sharded), **overrides)
     _keep_present_layer_classes(loaded)
     keep_4bit_layers_differentiable(loaded)
+    log.info("model: loaded in %s", duration(time.monotonic() - started))
     return loaded
+
+
+def _weights_on_disk(model: ModelRef) -> str:
+    """`weights 14.5 GiB on disk`: the weight files beside the config (a local model, or a Hub model's cached
+    snapshot), or that a Hub model's weights are not in the cache yet."""
+    folder = config_path(model).parent
+    size = sum(path.stat().st_size for path in folder.glob("*") if path.name.endswith(WEIGHT_SUFFIXES)) \
+        if folder.is_dir() else 0
+    if size:
+        return f"weights {size_text(size)} on disk"
+    return "no weight files beside its config.json" if looks_local(model.source) else "weights to download first"
 
 
 def keep_4bit_layers_differentiable(model: Any) -> None:

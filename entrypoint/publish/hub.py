@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from entrypoint.errors import ConfigError
+from entrypoint.logs import duration, size_text
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,11 @@ def publish_adapter(adapter_dir: Path, repo_id: str, private: bool, run_name: st
     """
     api = _api(api)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    files = [path for path in adapter_dir.rglob("*") if path.is_file()]
+    log.info("hub: uploading %d files (%s) from %s to %s", len(files), size_text(sum(p.stat().st_size for p in files)),
+             adapter_dir, repo_id)  # huggingface_hub's own progress bars show on a terminal only
+    started = time.monotonic()
     commit = api.upload_folder(folder_path=str(adapter_dir), repo_id=repo_id, repo_type="model",
                                commit_message=f"DPO run {run_name}")
+    log.info("hub: %s committed in %s", repo_id, duration(time.monotonic() - started))
     return str(getattr(commit, "commit_url", commit))

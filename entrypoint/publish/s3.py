@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint.errors import ConfigError
+from entrypoint.logs import progress, size_text
 from entrypoint.outputs import MANIFEST, sha256_file
 from entrypoint.s3 import client, describe_error, parse_uri
 
@@ -105,8 +106,9 @@ def _matches(bucket: str, key: str, entry: dict[str, Any]) -> bool:
     return head["ContentLength"] == entry["size"] and head.get("Metadata", {}).get(SHA_KEY) == entry["sha256"]
 
 
-def _put(path: Path, bucket: str, key: str, entry: dict[str, Any], transfer: Any) -> None:
-    client().upload_file(str(path), bucket, key, Config=transfer, ExtraArgs={
+def _put(path: Path, bucket: str, key: str, entry: dict[str, Any], transfer: Any, sent: Any = None) -> None:
+    """Upload and verify; `sent(n)` hears of the bytes as boto3 sends them (from its transfer threads)."""
+    client().upload_file(str(path), bucket, key, Config=transfer, Callback=sent, ExtraArgs={
         "ChecksumAlgorithm": "SHA256", "Metadata": {SHA_KEY: entry["sha256"]}})
     if not _matches(bucket, key, entry):
         raise UploadError(f"s3://{bucket}/{key}: stored object differs from {path} after upload")
@@ -148,19 +150,24 @@ def upload_run(run_dir: Path, uri: str, overwrite: bool = False, transfer: Any =
     _refuse_other_run(uri, remote, local["run_name"], overwrite)
     if remote is not None:
         _withdraw(bucket, prefix, remote, local)
+    todo = []
     for entry in local["files"]:
-        key = _key(prefix, entry["path"])
-        if _matches(bucket, key, entry):
+        if _matches(bucket, _key(prefix, entry["path"]), entry):
             summary["skipped"] += 1
-            continue
-        _put(run_dir / entry["path"], bucket, key, entry, transfer)
-        summary["uploaded"] += 1
-        summary["bytes"] += entry["size"]
-        log.info("s3: uploaded %s (%d bytes)", key, entry["size"])
+        else:
+            todo.append(entry)
     manifest = run_dir / MANIFEST
-    _put(manifest, bucket, _key(prefix, MANIFEST), {"size": manifest.stat().st_size, "sha256": sha256_file(manifest)},
-         transfer)
-    summary["uploaded"] += 1
-    summary["bytes"] += manifest.stat().st_size
+    manifest_entry = {"path": MANIFEST, "size": manifest.stat().st_size, "sha256": sha256_file(manifest)}
+    todo.append(manifest_entry)  # last: once every other object is verified
+    total = sum(entry["size"] for entry in todo)
+    log.info("s3: uploading %d files (%s) to %s; %d already there", len(todo), size_text(total), uri,
+             summary["skipped"])
+    with progress(f"s3: upload to {uri}", total, "B") as sent:
+        for number, entry in enumerate(todo, 1):
+            key = _key(prefix, entry["path"])
+            _put(run_dir / entry["path"], bucket, key, entry, transfer, sent)
+            summary["uploaded"] += 1
+            summary["bytes"] += entry["size"]
+            log.info("s3: uploaded %s (%d bytes; file %d of %d)", key, entry["size"], number, len(todo))
     log.info("s3: %s complete (%d uploaded, %d already there)", uri, summary["uploaded"], summary["skipped"])
     return summary

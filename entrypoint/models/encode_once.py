@@ -1,0 +1,159 @@
+"""Each image of a DPO step processed and encoded once (DPO_ENCODE_IMAGES_ONCE, on by default).
+
+TRL's vision collator repeats every pair's images for the chosen and the rejected sequence, so the image
+processor runs twice per image, and the vision tower sees each image four times a step: chosen and rejected,
+for the policy and again for the reference (the same model with its adapter switched off). With the tower
+frozen (and out of LoRA, the default), all four give the same features. Here:
+
+- `OnceProcessor` wraps the collator's processor: a call whose second half of texts and images repeats the first
+  (TRL's `[...] * 2`) is processed for the first half, and every output tensor repeated along its first dimension:
+  the same batch, tensor for tensor.
+- `share_image_features` wraps the frozen tower's forward: inputs whose second half repeats the first are encoded
+  for the first half and the features repeated; a call with the same inputs as the last one (the reference pass
+  of the same step, or an evaluation's) returns the last features. One tower forward per image a step, not four.
+
+Losses and gradients match the plain path to float tolerance (tests/test_encode_once.py); the step time saved is
+in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("entrypoint")
+
+
+def _halves_repeat(values: list[Any]) -> bool:
+    """A list whose second half is the first (the same objects, as TRL's `* 2` makes them)."""
+    n = len(values) // 2
+    return bool(n) and len(values) == 2 * n and all(a is b or a == b for a, b in zip(values[:n], values[n:],
+                                                                                      strict=True))
+
+
+def _containers_copied(value: Any) -> Any:
+    """The same tensors in new lists, tuples, dicts and model outputs."""
+    if isinstance(value, Mapping):
+        items = {key: _containers_copied(item) for key, item in value.items()}
+        return type(value)(**items) if isinstance(value, dict) else type(value)(items)
+    if isinstance(value, list | tuple):
+        return type(value)(_containers_copied(item) for item in value)
+    return value
+
+
+def repeated(value: Any) -> Any:
+    """Tensors (in any nesting of lists, tuples, dicts and model outputs) repeated twice along dimension 0."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value]) if value.dim() else value
+    if isinstance(value, Mapping):  # a processor's BatchFeature, a model's ModelOutput: rebuilt as their own class
+        items = {key: repeated(item) for key, item in value.items()}
+        return type(value)(**items) if isinstance(value, dict) else type(value)(items)
+    if isinstance(value, list | tuple):
+        return type(value)(repeated(item) for item in value)
+    return value
+
+
+class OnceProcessor:
+    """The processor, with TRL's doubled image batches processed once (see the module's docstring)."""
+
+    def __init__(self, processor: Any):
+        self._processor = processor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
+
+    def __call__(self, *args: Any, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
+        if not args and isinstance(images, list) and isinstance(text, list) and _halves_repeat(images) \
+                and _halves_repeat(text):
+            half = len(text) // 2
+            return repeated(self._processor(images=images[:half], text=text[:half], **kwargs))
+        return self._processor(*args, images=images, text=text, **kwargs)
+
+
+def encode_images_once(trainer: Any, family: Any) -> None:
+    """Both halves on a TRL DPOTrainer: its collator's processor, and its model's vision tower when frozen."""
+    trainer.data_collator.processor = OnceProcessor(trainer.data_collator.processor)
+    why_not = share_image_features(trainer.model, family)
+    if why_not:
+        log.info("images encoded by TRL's own path (four times a step): %s", why_not)
+
+
+def vision_tower(model: Any, family: Any) -> tuple[str, Any] | None:
+    """The family's vision tower module in `model` (PEFT-wrapped or not): its name and the module."""
+    if not family.vision_modules:
+        return None
+    suffix = family.vision_modules[0]
+    found = [(name, module) for name, module in model.named_modules() if name == suffix or name.endswith(
+        f".{suffix}")]
+    return min(found, key=lambda item: len(item[0])) if found else None
+
+
+def share_image_features(model: Any, family: Any) -> str | None:
+    """Wrap the vision tower's forward (see the module's docstring). Returns why not, or None when done."""
+    found = vision_tower(model, family)
+    if found is None:
+        return "no vision tower"
+    name, tower = found
+    trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
+    if trainable:
+        return f"{name} has trainable weights ({trainable[0]}, ...): its features differ between policy and reference"
+    tower.forward = _once_forward(tower.forward)
+    log.info("images encoded once a step: %s shared by chosen, rejected and the reference (DPO_ENCODE_IMAGES_ONCE)",
+             name)
+    return None
+
+
+def _once_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    import torch
+
+    last: dict[str, Any] = {}
+
+    def same_as_last(args: tuple, kwargs: dict) -> bool:
+        if "args" not in last or len(args) != len(last["args"]) or kwargs.keys() != last["kwargs"].keys():
+            return False
+        pairs = [*zip(args, last["args"], strict=True), *((kwargs[k], last["kwargs"][k]) for k in kwargs)]
+        return all(_same(a, b) for a, b in pairs)
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        if same_as_last(args, kwargs):
+            return _containers_copied(last["output"])
+        last.clear()  # the last step's features go before this step's are made
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim()]
+        # No weight of the tower trains: no gradient needs its activations (an input-grad hook for checkpointing
+        # would otherwise make its output require one).
+        with torch.no_grad():
+            if tensors and all(_halves_equal(t) for t in tensors):
+                halves = {key: _first_half(value) for key, value in kwargs.items()}
+                output = repeated(forward(*(_first_half(arg) for arg in args), **halves))
+            else:
+                output = forward(*args, **kwargs)
+        last.update(args=args, kwargs=kwargs, output=output)
+        return _containers_copied(output)  # callers edit the output they get (Qwen's splits pooler_output)
+
+    return once
+
+
+def _same(a: Any, b: Any) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
+            a.dtype == b.dtype and a.device == b.device and (a is b or torch.equal(a, b))
+    return a == b
+
+
+def _halves_equal(tensor: Any) -> bool:
+    import torch
+
+    n = tensor.shape[0] // 2
+    return bool(n) and tensor.shape[0] == 2 * n and torch.equal(tensor[:n], tensor[n:])
+
+
+def _first_half(value: Any) -> Any:
+    import torch
+
+    return value[: value.shape[0] // 2] if isinstance(value, torch.Tensor) and value.dim() else value
+
