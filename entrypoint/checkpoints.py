@@ -26,7 +26,7 @@ from entrypoint.outputs import remove_unpublished
 
 log = logging.getLogger(__name__)
 
-MARKER = "dpo_checkpoint.json"
+COMPLETE_MARKER = "dpo_checkpoint.json"  # written last into a checkpoint: it is complete
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -44,7 +44,7 @@ def checkpoint_dirs(root: Path) -> list[Path]:
 
 def is_complete(checkpoint: Path) -> bool:
     try:
-        listed = json.loads((checkpoint / MARKER).read_text())["files"]
+        listed = json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"]
     except (OSError, ValueError, KeyError):
         return False
     return all((checkpoint / name).is_file() and (checkpoint / name).stat().st_size == size
@@ -53,10 +53,10 @@ def is_complete(checkpoint: Path) -> bool:
 
 def mark_complete(checkpoint: Path) -> None:
     files = {p.relative_to(checkpoint).as_posix(): p.stat().st_size
-             for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != MARKER}
-    tmp = checkpoint / f".{MARKER}.tmp"
+             for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
+    tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
     tmp.write_text(json.dumps({"step": _step(checkpoint), "files": files}, indent=1))
-    tmp.replace(checkpoint / MARKER)
+    tmp.replace(checkpoint / COMPLETE_MARKER)
 
 
 def latest_complete(root: Path) -> Path | None:

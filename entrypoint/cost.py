@@ -30,10 +30,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from entrypoint import hub_access
 
 log = logging.getLogger("entrypoint")
 
@@ -189,12 +190,12 @@ def total_rows(ref: str, split: str, report: dict[str, Any], sampled: int) -> tu
 def hub_rows(ref: str, split: str) -> int | None:
     """The split's rows from the Hub: its dataset card's dataset_info, else the dataset viewer's count; None offline,
     for a sliced split (train[:10%]) or when neither knows."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from huggingface_hub.utils import build_hf_headers, get_session
 
-    if constants.HF_HUB_OFFLINE or "[" in split:
+    if hub_access.offline() or "[" in split:
         return None
-    token = os.environ.get("HF_TOKEN")
+    token = hub_access.token()
     try:
         card = HfApi(token=token).dataset_info(ref).card_data
         rows = card_rows(card.to_dict() if card else {}, split)

@@ -57,7 +57,7 @@ def preflight(settings: JobSettings, paths: RunPaths) -> Any:
     check_source(settings.dataset, settings.dataset_revision)
     check_image_dir(settings.image_dir)
     if settings.s3_uri:
-        from entrypoint.publish.s3 import check_destination
+        from entrypoint.publish.s3_upload import check_destination
 
         check_destination(settings.s3_uri, paths.run_name, settings.overwrite)
     if settings.hub_repo:
@@ -189,7 +189,7 @@ def publish(settings: JobSettings, paths: RunPaths, todo: dict[str, str]) -> dic
     """Upload the finished run to each destination in `todo`; each publisher is idempotent."""
     done: dict[str, Any] = {}
     if "s3" in todo:
-        from entrypoint.publish.s3 import upload_run
+        from entrypoint.publish.s3_upload import upload_run
 
         done["s3"] = {"to": todo["s3"], **upload_run(paths.output_dir, todo["s3"], settings.overwrite)}
     if "hub" in todo:

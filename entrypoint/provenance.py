@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from entrypoint import hub_access
 from entrypoint.outputs import CONFIG, sha256_file
 
 log = logging.getLogger("entrypoint.provenance")
@@ -96,9 +96,9 @@ def hub_commit(repo_type: str, repo_id: str, revision: str | None) -> str | None
 
     if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
         return revision
-    if not constants.HF_HUB_OFFLINE:
+    if not hub_access.offline():
         try:
-            api = HfApi(token=os.environ.get("HF_TOKEN"))
+            api = HfApi(token=hub_access.token())
             info = api.model_info if repo_type == "model" else api.dataset_info
             return info(repo_id, revision=revision).sha
         except Exception as exc:  # noqa: BLE001 - no network, gated: the cache may still know
@@ -133,16 +133,16 @@ def source_files(local: Path, split: str) -> list[dict[str, Any]]:
 
 
 def s3_objects(uri: str) -> list[dict[str, Any]]:
-    """Each object an s3:// data reference means (s3.data_objects: the key itself, or the folder under it), with
+    """Each object an s3:// data reference means (s3_client.data_objects: the key itself, or the folder under it), with
     its size and ETag, from one listing."""
-    from entrypoint import s3
+    from entrypoint import s3_client
 
-    bucket, key = s3.parse_uri(uri)
-    folder, objects = s3.data_objects(uri)
+    bucket, key = s3_client.parse_uri(uri)
+    folder, objects = s3_client.data_objects(uri)
     wanted = {name for name, _ in objects}
     found = []
     prefix = f"{key}/" if folder and key else key
-    for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for page in s3_client.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found += [{"key": obj["Key"], "size": obj["Size"], "etag": obj["ETag"].strip('"')}
                   for obj in page.get("Contents", []) if obj["Key"] in wanted]
     return found

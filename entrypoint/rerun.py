@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entrypoint import hub_access
 from entrypoint.errors import ConfigError
 from entrypoint.outputs import CONFIG, MANIFEST
 from entrypoint.settings import REDACTED, JobSettings, env_name, is_secret, public_dict, setting_names
@@ -88,18 +89,18 @@ def read(where: str) -> Recorded:
 
 
 def _read_s3(uri: str) -> tuple[bytes, bytes]:
-    from entrypoint import s3
+    from entrypoint import s3_client
 
-    bucket, key = s3.parse_uri(uri)
+    bucket, key = s3_client.parse_uri(uri)
     prefix = key.removesuffix(MANIFEST).rstrip("/")
     out = []
     for name in (MANIFEST, CONFIG):
         object_key = f"{prefix}/{name}" if prefix else name
         try:
-            out.append(s3.client().get_object(Bucket=bucket, Key=object_key)["Body"].read())
+            out.append(s3_client.client().get_object(Bucket=bucket, Key=object_key)["Body"].read())
         except Exception as exc:  # noqa: BLE001 - not there, no access: the user's to fix
             raise ConfigError(f"--from-run {uri}: cannot read s3://{bucket}/{object_key} "
-                              f"({s3.describe_error(exc)})") from None
+                              f"({s3_client.describe_error(exc)})") from None
     return out[0], out[1]
 
 
@@ -175,12 +176,12 @@ def pin_revisions(recorded: Recorded, environ: MutableMapping[str, str]) -> dict
 def _on_hub(kind: str, repo: str, commit: str) -> bool:
     """Whether the Hub still has that commit; offline, or when the Hub cannot be asked, assumed so (loading it
     then fails, or finds it in the cache)."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    if constants.HF_HUB_OFFLINE:
+    if hub_access.offline():
         return True
-    api = HfApi(token=os.environ.get("HF_TOKEN"))
+    api = HfApi(token=hub_access.token())
     try:
         (api.model_info if kind == "model" else api.dataset_info)(repo, revision=commit)
     except (RevisionNotFoundError, RepositoryNotFoundError):

@@ -88,19 +88,25 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
 
 
 @pytest.fixture
-def bucket(monkeypatch):
-    """A moto S3 server on loopback with a bucket "data"; boto3 (and the job's cached client) pointed at it."""
-    import boto3
-
-    from entrypoint import s3
+def s3_endpoint(monkeypatch):
+    """A fresh moto S3 server on loopback; boto3 (and the job's cached client) pointed at it. Yields its URL."""
+    from entrypoint import s3_client
     from s3_server import moto_server
 
     with moto_server() as url:
         for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}.items():
             monkeypatch.setenv(key, value)
-        s3.client.cache_clear()
-        client = boto3.client("s3", endpoint_url=url)
-        client.create_bucket(Bucket="data")
-        yield client
-        s3.client.cache_clear()
+        s3_client.client.cache_clear()
+        yield url
+        s3_client.client.cache_clear()
+
+
+@pytest.fixture
+def bucket(s3_endpoint):
+    """A boto3 client of the `s3_endpoint` server, which holds a bucket "data"."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="data")
+    return client

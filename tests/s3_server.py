@@ -33,13 +33,16 @@ class FaultyProxy:
     """Forwards HTTP to an upstream server; every `every`-th PUT fails, at most `limit` times.
 
     mode "500": answers 500 InternalError without forwarding; mode "drop": closes the connection
-    without an answer; mode "slow": forwards each PUT after `delay` seconds (to kill a client mid-upload).
+    without an answer; mode "slow": forwards each PUT after `delay` seconds (to kill a client mid-upload);
+    mode "log": forwards everything. `log` records every forwarded request in order: method, path, and the
+    sequence numbers of its arrival and of its answer from the server.
     """
 
     def __init__(self, upstream: str, mode: str, every: int = 3, limit: int = 4, delay: float = 0.0):
         self.upstream = upstream.removeprefix("http://")
         self.mode, self.every, self.limit, self.delay = mode, every, limit, delay
-        self.puts = self.faults = 0
+        self.puts = self.faults = self.events = 0
+        self.log: list[dict] = []
         self.closed = False
         self.lock = threading.Lock()
         proxy = self
@@ -66,6 +69,7 @@ class FaultyProxy:
 
             def _forward(self) -> None:
                 body = self._body()
+                started = proxy._event()
                 if self.command == "PUT" and proxy._should_fail():
                     if proxy.mode == "drop":
                         self.close_connection = True
@@ -89,6 +93,7 @@ class FaultyProxy:
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
+                proxy._record(self.command, self.path, started)
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -106,6 +111,17 @@ class FaultyProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _event(self) -> int:
+        with self.lock:
+            self.events += 1
+            return self.events
+
+    def _record(self, method: str, path: str, started: int) -> None:
+        with self.lock:
+            self.events += 1
+            self.log.append({"method": method, "path": path.split("?")[0], "started": started,
+                             "finished": self.events})
 
     def _should_fail(self) -> bool:
         with self.lock:

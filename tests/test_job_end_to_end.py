@@ -189,7 +189,8 @@ def test_a_dry_run_loads_no_weights_but_runs_every_start_up_check(tmp_path, cach
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "memory plan" in dry.stderr.lower() or "dry run" in dry.stderr
     real = run_job(job_env(cache_dir, tmp_path / "real", **settings))
-    assert real.returncode not in (0, 2), real.stderr[-2000:]  # the weights are read only by a real run
+    assert real.returncode == 1, real.stderr[-2000:]  # the weights are read only by a real run: found after loading
+    assert "the job failed with an unexpected error" in real.stderr and "Traceback" in real.stderr
     from s3_server import moto_server
 
     with moto_server() as url:  # no bucket "runs" there
@@ -198,3 +199,28 @@ def test_a_dry_run_loads_no_weights_but_runs_every_start_up_check(tmp_path, cach
                     "AWS_ENDPOINT_URL_S3": url})
         missing = run_job(env, "--dry-run")
     assert missing.returncode == 2 and "DPO_S3_URI=s3://runs/x" in missing.stderr, missing.stderr[-2000:]
+
+
+@pytest.mark.parametrize("settings", [
+    {"log_format": "json"},  # every line of the log one JSON object, the libraries' lines too
+    {"quantization": "8bit"},
+    {"lora_vision": "true"},  # LoRA on the vision tower too: TRL's own image path (the tower trains)
+])
+def test_log_format_json_8bit_and_lora_on_the_vision_tower_run_end_to_end(tmp_path, cache_dir, settings):
+    from safetensors.torch import load_file
+
+    output = tmp_path / "run"
+    result = run_job(job_env(cache_dir, output, **{**DEMO, "max_steps": "2", "eval_generations": "0", **settings}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = load_file(output / "adapter" / "adapter_model.safetensors")
+    if settings.get("log_format") == "json":
+        lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+        assert {"time", "level", "logger", "message"} <= set(lines[0])
+        assert any(line["logger"] == "entrypoint.progress" and "step 2/2" in line["message"] for line in lines)
+    if settings.get("quantization") == "8bit":
+        assert json.loads((output / "config.json").read_text())["quantization"] == "8bit"
+        assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)
+    if settings.get("lora_vision"):
+        assert any("vision_tower" in k and "lora_B" in k for k in weights)
+        assert "images encoded by TRL's own path" in result.stderr
+

@@ -106,8 +106,8 @@ def test_the_card_says_how_to_load_the_adapter_and_the_merged_model(merged_run):
 def test_s3_gets_the_merged_model_with_the_run(merged_run, monkeypatch):
     import boto3
 
-    from entrypoint import s3
-    from entrypoint.publish.s3 import upload_run
+    from entrypoint import s3_client
+    from entrypoint.publish.s3_upload import upload_run
     from s3_server import moto_server
 
     output, _ = merged_run
@@ -115,13 +115,13 @@ def test_s3_gets_the_merged_model_with_the_run(merged_run, monkeypatch):
         for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL_S3", url)):
             monkeypatch.setenv(key, value)
-        s3.client.cache_clear()
+        s3_client.client.cache_clear()
         client = boto3.client("s3", endpoint_url=url)
         client.create_bucket(Bucket="runs")
         try:
             upload_run(output, "s3://runs/merged-run")
         finally:
-            s3.client.cache_clear()
+            s3_client.client.cache_clear()
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="runs")["Contents"]}
     assert "merged-run/merged/model.safetensors" in keys and "merged-run/merged/config.json" in keys
     assert "merged-run/adapter/adapter_model.safetensors" in keys and "merged-run/manifest.json" in keys

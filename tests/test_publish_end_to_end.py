@@ -69,7 +69,7 @@ def test_restart_continues_the_same_wandb_run(tmp_path, cache_dir, s3_endpoint):
     output, wandb_dir = tmp_path / "run", tmp_path / "wandb"
     env = env_for(cache_dir, output, s3_endpoint, wandb_dir, max_steps="12", save_steps="3")
     process = start_job(env)
-    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.MARKER, process)
+    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.COMPLETE_MARKER, process)
     process.kill()
     process.wait()
     assert run_job(env).returncode == 0

@@ -13,32 +13,26 @@ import boto3
 import pytest
 
 from conftest import ROOT
-from entrypoint import s3
+from entrypoint import s3_client
 from entrypoint.errors import ConfigError
 from entrypoint.outputs import write_json, write_manifest
-from entrypoint.publish.s3 import check_destination, transfer_config, upload_run
-from s3_server import FaultyProxy, moto_server
+from entrypoint.publish.s3_upload import check_destination, transfer_config, upload_run
+from s3_server import FaultyProxy
 
 BUCKET = "runs"
 SMALL_PARTS = dict(multipart_threshold=5 * 2**20, chunk_size=5 * 2**20)  # S3's minimum part size
 
 
 @pytest.fixture
-def endpoint(monkeypatch):
-    with moto_server() as url:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
-        s3.client.cache_clear()
-        boto3.client("s3", endpoint_url=url).create_bucket(Bucket=BUCKET)
-        yield url
-        s3.client.cache_clear()
+def endpoint(s3_endpoint):
+    """conftest's moto server, with the bucket the runs go to."""
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
+    return s3_endpoint
 
 
 def use_endpoint(monkeypatch, url: str) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
-    s3.client.cache_clear()
+    s3_client.client.cache_clear()
 
 
 def make_run(root: Path, name: str = "run-a", big: int = 11 * 2**20) -> Path:
@@ -56,9 +50,15 @@ def remote(url: str) -> dict[str, bytes]:
     return {k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
 
 
-def test_uploads_mirrored_verified_multipart_and_manifest_last(tmp_path, endpoint):
+def test_uploads_mirrored_verified_multipart_and_manifest_last(tmp_path, endpoint, monkeypatch):
     run = make_run(tmp_path / "run")
-    summary = upload_run(run, f"s3://{BUCKET}/exp/1", transfer=transfer_config(**SMALL_PARTS))
+    proxy = FaultyProxy(endpoint, "log")  # the order of the requests, as the server saw them
+    use_endpoint(monkeypatch, proxy.url)
+    try:
+        summary = upload_run(run, f"s3://{BUCKET}/exp/1", transfer=transfer_config(**SMALL_PARTS))
+    finally:
+        proxy.close()
+        use_endpoint(monkeypatch, endpoint)
     assert summary["uploaded"] == 4
     objects = remote(endpoint)
     assert set(objects) == {f"exp/1/{p}" for p in ("adapter/adapter_model.safetensors",
@@ -68,9 +68,12 @@ def test_uploads_mirrored_verified_multipart_and_manifest_last(tmp_path, endpoin
     client = boto3.client("s3", endpoint_url=endpoint)
     head = client.head_object(Bucket=BUCKET, Key="exp/1/adapter/adapter_model.safetensors", ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3")  # 11 MiB in 5 MiB parts: multipart
-    # manifest last: its upload time is not before any other object's
-    times = {o["Key"]: o["LastModified"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
-    assert times["exp/1/manifest.json"] == max(times.values())
+    # manifest last: its PUT is sent only after every other object's writes (parts, completions) were answered
+    writes = [r for r in proxy.log if r["method"] in ("PUT", "POST") and r["path"].startswith(f"/{BUCKET}/exp/1/")]
+    manifest = [r for r in writes if r["path"].endswith("/manifest.json")]
+    others = [r for r in writes if not r["path"].endswith("/manifest.json")]
+    assert len(manifest) == 1 and len(others) >= 3 + 2  # 3 parts + multipart start/complete, 2 small objects
+    assert manifest[0]["started"] > max(r["finished"] for r in others)
 
 
 def test_rerun_uploads_nothing_and_another_run_is_refused_without_overwrite(tmp_path, endpoint):
@@ -120,7 +123,7 @@ def test_missing_bucket_or_credentials_is_a_clear_startup_error(monkeypatch, end
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        s3.client.cache_clear()
+        s3_client.client.cache_clear()
     with pytest.raises(ConfigError, match=message):
         check_destination(uri, "run-a", overwrite=False)
 
@@ -136,7 +139,7 @@ def test_a_read_only_credential_is_a_startup_error_not_a_failure_after_training(
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-    s3.client.cache_clear()
+    s3_client.client.cache_clear()
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks IAM policies from now on
     with pytest.raises(ConfigError, match=f"DPO_S3_URI=s3://{BUCKET}/p: AccessDenied"):
         check_destination(f"s3://{BUCKET}/p", "run-a", overwrite=False)
@@ -160,7 +163,7 @@ def test_upload_survives_server_errors_and_dropped_connections(tmp_path, monkeyp
 def test_a_crash_mid_upload_leaves_no_manifest_and_a_rerun_completes(tmp_path, monkeypatch, endpoint):
     run = make_run(tmp_path / "run", big=1024)
     proxy = FaultyProxy(endpoint, "slow", delay=1.0)
-    code = ("import sys; from pathlib import Path; from entrypoint.publish.s3 import upload_run; "
+    code = ("import sys; from pathlib import Path; from entrypoint.publish.s3_upload import upload_run; "
             "upload_run(Path(sys.argv[1]), sys.argv[2])")
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL_S3": proxy.url, "PATH": "/usr/bin:/bin"}

@@ -41,7 +41,7 @@ def test_kill_9_at_a_random_step_then_restart_gives_a_bit_identical_adapter(tmp_
     rng = random.Random(seed)
     process = start_job(env)
     step = rng.choice((3, 6))
-    wait_for(output / "checkpoints" / f"checkpoint-{step}" / checkpoints.MARKER, process)
+    wait_for(output / "checkpoints" / f"checkpoint-{step}" / checkpoints.COMPLETE_MARKER, process)
     time.sleep(rng.uniform(0, 0.2))  # a step or two later, possibly mid-save
     assert process.poll() is None, "finished before it could be killed"
     process.kill()
@@ -55,11 +55,18 @@ def test_kill_9_at_a_random_step_then_restart_gives_a_bit_identical_adapter(tmp_
     assert metrics["train"]["global_step"] == 12 and metrics["train"]["resumed_from"]
 
 
+def test_save_total_limit_keeps_the_newest_complete_checkpoints(uninterrupted):
+    """12 steps saved every 3 with DPO_SAVE_TOTAL_LIMIT=2: checkpoints 3 and 6 were pruned, 9 and 12 kept whole."""
+    kept = checkpoints.checkpoint_dirs(uninterrupted / "checkpoints")
+    assert [path.name for path in kept] == ["checkpoint-9", "checkpoint-12"]
+    assert all(checkpoints.is_complete(path) for path in kept)
+
+
 def test_sigterm_finishes_the_step_saves_and_exits_with_the_recovery_code(tmp_path, cache_dir, uninterrupted):
     output = tmp_path / "preempted"
     env = job_env(cache_dir, output, **RUN)
     process = start_job(env)
-    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.MARKER, process)
+    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.COMPLETE_MARKER, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == EXIT_PREEMPTED, stderr[-3000:]

@@ -16,7 +16,7 @@ from PIL import Image
 from entrypoint.models import tiny
 from entrypoint.models.families import FAMILIES
 from entrypoint.models.loading import processor_class
-from entrypoint.models.tiny import IMAGE_PLACEHOLDER, IMAGE_TOKEN, MARKER, TINY_FAMILIES, build_tiny
+from entrypoint.models.tiny import BUILD_MARKER, IMAGE_PLACEHOLDER, IMAGE_TOKEN, TINY_FAMILIES, build_tiny
 
 PROMPT = "What is in the picture?"
 
@@ -55,7 +55,7 @@ def _load_model(family: str, path: Path, **kwargs):
 
 def test_build_is_complete_and_small(built):
     family, path = built
-    marker = json.loads((path / MARKER).read_text())
+    marker = json.loads((path / BUILD_MARKER).read_text())
     assert (marker["family"], marker["seed"], marker["builder_version"]) == (family, 0, tiny.BUILDER_VERSION)
     expected = {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"}
     assert expected <= {p.name for p in path.iterdir()}
@@ -116,10 +116,10 @@ def test_generation_prompt_is_a_token_prefix_of_the_answered_prompt(built):
 def test_second_build_is_cached_and_another_seed_rebuilds(tmp_path):
     path = build_tiny("causal-lm", tmp_path / "m")
     first = (path / "model.safetensors").read_bytes()
-    stamp = (path / MARKER).stat().st_mtime_ns
-    assert build_tiny("causal-lm", path) == path and (path / MARKER).stat().st_mtime_ns == stamp
+    stamp = (path / BUILD_MARKER).stat().st_mtime_ns
+    assert build_tiny("causal-lm", path) == path and (path / BUILD_MARKER).stat().st_mtime_ns == stamp
     build_tiny("causal-lm", path, seed=1)
-    assert json.loads((path / MARKER).read_text())["seed"] == 1
+    assert json.loads((path / BUILD_MARKER).read_text())["seed"] == 1
     assert (path / "model.safetensors").read_bytes() != first
 
 
@@ -130,14 +130,14 @@ def test_same_seed_gives_the_same_files(tmp_path):
 
 def test_concurrent_callers_build_once(tmp_path, monkeypatch):
     calls = []
-    builder = tiny._BUILDERS["causal-lm"]
-    monkeypatch.setitem(tiny._BUILDERS, "causal-lm", lambda out, seed: calls.append(out) or builder(out, seed))
+    builder = tiny._MODEL_BUILDERS["causal-lm"]
+    monkeypatch.setitem(tiny._MODEL_BUILDERS, "causal-lm", lambda out, seed: calls.append(out) or builder(out, seed))
     threads = [threading.Thread(target=build_tiny, args=("causal-lm", tmp_path / "m")) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(calls) == 1 and (tmp_path / "m" / MARKER).is_file()
+    assert len(calls) == 1 and (tmp_path / "m" / BUILD_MARKER).is_file()
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -146,7 +146,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setitem(tiny._BUILDERS, "causal-lm", broken)
+    monkeypatch.setitem(tiny._MODEL_BUILDERS, "causal-lm", broken)
     with pytest.raises(RuntimeError, match="interrupted"):
         build_tiny("causal-lm", tmp_path / "m")
     assert [p.name for p in tmp_path.iterdir()] == [".m.lock"]
@@ -163,3 +163,18 @@ def test_refuses_a_directory_with_other_files(tmp_path):
 def test_unknown_family_is_refused(tmp_path):
     with pytest.raises(ValueError, match="llava-next"):
         build_tiny("gpt-5", tmp_path / "m")
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_a_tiny_model_goes_the_way_of_a_local_model_directory(cache_dir, family):
+    """Built into a directory, then its family read from its config.json, as for any local model; and
+    DPO_MODEL_FAMILY overrides it the same way."""
+    from entrypoint.models.families import FAMILIES
+    from entrypoint.models.loading import resolve_model
+
+    ref = resolve_model(f"tiny:{family}", "auto", None, cache_dir)
+    assert ref.family is FAMILIES[family] and ref.config_file == Path(ref.source) / "config.json"
+    assert resolve_model(ref.source, "auto", None, cache_dir).family is ref.family  # the directory itself
+    other = "causal-lm" if family != "causal-lm" else "llava"
+    assert resolve_model(f"tiny:{family}", other, "v1", cache_dir).family is FAMILIES[other]
+    assert resolve_model(f"tiny:{family}", other, "v1", cache_dir).revision == "v1"

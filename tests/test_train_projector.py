@@ -150,7 +150,7 @@ def test_a_run_killed_and_restarted_ends_with_the_same_adapter_projector_include
     output = tmp_path / "killed"
     env = job_env(cache_dir, output, **DEMO, train_projector="true", merge="true")
     process = start_job(env)
-    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.MARKER, process)
+    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.COMPLETE_MARKER, process)
     assert process.poll() is None, "finished before it could be killed"
     process.kill()
     process.wait()

@@ -6,15 +6,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from entrypoint import hub_access
 from entrypoint.errors import ConfigError
 
 SAMPLE_PREFIX = "sample:"
-_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+_LOADERS_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -32,15 +32,15 @@ def check_source(ref: str, revision: str | None = None) -> None:
         if ref[len(SAMPLE_PREFIX):] not in SAMPLES:
             raise ConfigError(f"DPO_DATASET={ref!r}: unknown sample; samples: {', '.join(SAMPLES)}")
     elif ref.startswith("s3://"):
-        from entrypoint import s3
+        from entrypoint import s3_client
 
-        s3.data_objects(ref, first_only=True)  # what the download will fetch: an exact key, or a folder
+        s3_client.data_objects(ref, first_only=True)  # what the download will fetch: an exact key, or a folder
     elif looks_local(ref):
         path = Path(ref).expanduser()
         if not path.exists():
             raise ConfigError(f"DPO_DATASET={ref}: no such file or directory")
-        if path.is_file() and path.suffix not in _BUILDERS:
-            raise ConfigError(f"DPO_DATASET={ref}: unsupported file type; use {', '.join(_BUILDERS)}")
+        if path.is_file() and path.suffix not in _LOADERS_BY_SUFFIX:
+            raise ConfigError(f"DPO_DATASET={ref}: unsupported file type; use {', '.join(_LOADERS_BY_SUFFIX)}")
     elif not _HUB_ID.match(ref):
         raise ConfigError(f"DPO_DATASET={ref!r}: neither a Hub dataset id, an s3:// URI, a path nor a sample")
     else:
@@ -56,12 +56,12 @@ def check_image_dir(image_dir: Path | None) -> None:
 def _check_hub_dataset(ref: str, revision: str | None = None) -> None:
     """A typo'd or gated dataset id fails here, not after the processor is loaded. Offline
     (HF_HUB_OFFLINE=1) the Hub cannot be asked: a cached copy may still load."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
-    if constants.HF_HUB_OFFLINE:
+    if hub_access.offline():
         return
     try:
-        HfApi(token=os.environ.get("HF_TOKEN")).dataset_info(ref, revision=revision)
+        HfApi(token=hub_access.token()).dataset_info(ref, revision=revision)
     except Exception as exc:  # noqa: BLE001 - not found, gated, no network: the user's to fix
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         at = f" at DPO_DATASET_REVISION={revision}" if revision else ""
@@ -82,7 +82,7 @@ def _split_files(path: Path, split: str) -> dict[str, list[Path]]:
         resolved = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
     except (DataFilesNotFoundError, FileNotFoundError):
         resolved = {}
-    found = {str(name): sorted(Path(f) for f in files if Path(f).suffix in _BUILDERS)
+    found = {str(name): sorted(Path(f) for f in files if Path(f).suffix in _LOADERS_BY_SUFFIX)
              for name, files in resolved.items()}
     return {name: files for name, files in found.items() if files}
 
@@ -91,16 +91,16 @@ def _data_files(path: Path, split: str) -> tuple[str, list[str]]:
     """The builder and files of one split (`train`, or with datasets' slicing, `train[:1000]`)."""
     by_split = _split_files(path, split)
     if not by_split:
-        raise ConfigError(f"{path}: no {'/'.join(_BUILDERS)} files found")
+        raise ConfigError(f"{path}: no {'/'.join(_LOADERS_BY_SUFFIX)} files found")
     name = split.split("[", 1)[0]
     if name not in by_split:
         raise ConfigError(f"DPO_DATASET_SPLIT={split}: {path} has the split(s) {', '.join(sorted(by_split))} (named "
                           f"by file or folder, e.g. {name}-00000.parquet or {name}/); set one of them")
     files = by_split[name]
     suffixes = {p.suffix for p in files}
-    if len({_BUILDERS[s] for s in suffixes}) > 1:
+    if len({_LOADERS_BY_SUFFIX[s] for s in suffixes}) > 1:
         raise ConfigError(f"{path}: mixed file types {sorted(suffixes)}; keep one kind per dataset")
-    return _BUILDERS[files[0].suffix], [str(p) for p in files]
+    return _LOADERS_BY_SUFFIX[files[0].suffix], [str(p) for p in files]
 
 
 def split_files(path: Path, split: str) -> list[Path]:
@@ -143,9 +143,9 @@ def local_path(ref: str, cache_dir: Path) -> Path | None:
 
         return write_sample(ref[len(SAMPLE_PREFIX):], cache_dir / "samples")
     if ref.startswith("s3://"):
-        from entrypoint import s3
+        from entrypoint import s3_client
 
-        return s3.download(ref, cache_dir / "s3")
+        return s3_client.download(ref, cache_dir / "s3")
     if looks_local(ref):
         return Path(ref).expanduser()
     return None
@@ -174,9 +174,9 @@ def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, l
         return _load_local(local, split)
     try:
         if limit:
-            stream = datasets.load_dataset(ref, split=split, revision=revision, token=os.environ.get("HF_TOKEN"),
+            stream = datasets.load_dataset(ref, split=split, revision=revision, token=hub_access.token(),
                                            streaming=True)
             return datasets.Dataset.from_list(list(stream.take(limit)), features=stream.features)
-        return datasets.load_dataset(ref, split=split, revision=revision, token=os.environ.get("HF_TOKEN"))
+        return datasets.load_dataset(ref, split=split, revision=revision, token=hub_access.token())
     except (OSError, ValueError) as exc:  # not found, no such split, offline and not cached
         raise ConfigError(f"DPO_DATASET={ref}: {str(exc).splitlines()[0]}") from None

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from entrypoint import hub_access
 from entrypoint.data.sources import looks_local
 from entrypoint.errors import ConfigError
 from entrypoint.logs import duration, size_text
@@ -37,9 +37,13 @@ class ModelRef:
 
 
 def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: Path) -> ModelRef:
-    """Check the model exists and learn its family, without loading weights."""
+    """Check the model exists and learn its family, without loading weights.
+
+    `tiny:` and `shapes:` models are built into a model directory, then go the way any local directory goes:
+    the family from its config.json (or DPO_MODEL_FAMILY), the same loading code."""
+    stands_for = None
     if ref.startswith((TINY_PREFIX, SHAPES_PREFIX)):
-        return _built_offline(ref, cache_dir)
+        ref, stands_for = _built_offline(ref, cache_dir)
     if looks_local(ref):
         path = Path(ref).expanduser()
         if not (path / "config.json").is_file():
@@ -50,11 +54,12 @@ def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: P
         config = _hub_config(ref, revision)
         source = ref
     family = FAMILIES[family_name] if family_name != "auto" else family_from_config(config)
-    return ModelRef(source, family, revision, config_file=config)
+    return ModelRef(source, family, revision, stands_for=stands_for, config_file=config)
 
 
-def _built_offline(ref: str, cache_dir: Path) -> ModelRef:
-    """`tiny:<family>` or `shapes:<family>`, built into the cache on first use."""
+def _built_offline(ref: str, cache_dir: Path) -> tuple[str, str | None]:
+    """`tiny:<family>` or `shapes:<family>`, built into the cache on first use: its model directory, and for a
+    `shapes:` model the published checkpoint it stands for."""
     from entrypoint.models.published import PUBLISHED
     from entrypoint.models.shapes import SHAPES_FAMILIES, build_shapes
     from entrypoint.models.tiny import TINY_FAMILIES, build_tiny
@@ -64,8 +69,7 @@ def _built_offline(ref: str, cache_dir: Path) -> ModelRef:
     if name not in families:
         raise ConfigError(f"DPO_MODEL={ref!r}: unknown {kind} model; choose from "
                           f"{', '.join(f'{kind}:{f}' for f in families)}")
-    stands_for = PUBLISHED[name].repo if kind == "shapes" else None
-    return ModelRef(str(build(name, cache_dir / kind / name)), FAMILIES[name], stands_for=stands_for)
+    return str(build(name, cache_dir / kind / name)), PUBLISHED[name].repo if kind == "shapes" else None
 
 
 def config_path(model: ModelRef) -> Path:
@@ -78,7 +82,7 @@ def _hub_config(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=os.environ.get("HF_TOKEN")))
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=hub_access.token()))
     except Exception as exc:  # noqa: BLE001 - not found, gated, offline: the user's to fix
         raise ConfigError(f"DPO_MODEL={repo_id}: cannot read its config.json from the Hub "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -103,7 +107,7 @@ def load_processor(model: ModelRef, max_image_tiles: int | None = None, max_pixe
     from entrypoint.models.image_tokens import limit_pixels, limit_tiles
 
     processor = processor_class(model.family).from_pretrained(model.source, revision=model.revision,
-                                                              token=os.environ.get("HF_TOKEN"))
+                                                              token=hub_access.token())
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -163,7 +167,7 @@ def load_model(model: ModelRef, quantization: str, distributed: str = "ddp", pro
              "full precision" if quantization == "none" else quantization, _weights_on_disk(model))
     started = time.monotonic()
     loaded = model_class.from_pretrained(
-        model.source, revision=model.revision, token=os.environ.get("HF_TOKEN"), dtype=dtype,
+        model.source, revision=model.revision, token=hub_access.token(), dtype=dtype,
         quantization_config=quantization_config(quantization, model.family, dtype, distributed == "fsdp"),
         device_map=device_map(sharded), **overrides)
     _keep_present_layer_classes(loaded)

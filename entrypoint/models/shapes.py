@@ -25,7 +25,7 @@ from entrypoint.models.published import PUBLISHED
 
 SHAPES_FAMILIES: tuple[str, ...] = tuple(PUBLISHED)
 BUILDER_VERSION = 1  # bump when the built files change, so cached builds are rebuilt
-MARKER = "shapes.json"
+BUILD_MARKER = "shapes.json"
 
 # What is cut. Language-model linear layers stay >= 64 wide: bitsandbytes' CPU 4-bit path fails below.
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -48,7 +48,7 @@ def build_shapes(family: str, out_dir: Path, seed: int = 0) -> Path:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(SHAPES_FAMILIES)}")
     marker = {"family": family, "seed": seed, "builder_version": BUILDER_VERSION,
               "published": PUBLISHED[family].repo, "transformers": version("transformers")}
-    return build_cached(out_dir, MARKER, marker, lambda new: _build(family, new, seed))
+    return build_cached(out_dir, BUILD_MARKER, marker, lambda new: _build(family, new, seed))
 
 
 def tokenizer(family: str) -> Any:

@@ -18,7 +18,7 @@ from entrypoint.models.offline import bpe_tokenizer, build_cached, save_model
 TINY_FAMILIES: tuple[str, ...] = ("llava-next", "llava", "idefics2", "qwen2.5-vl", "qwen3-vl", "gemma3", "causal-lm")
 
 BUILDER_VERSION = 1  # bump when the built files change, so cached builds are rebuilt
-MARKER = "tiny.json"  # written last: its presence means the build is complete (see offline.py)
+BUILD_MARKER = "tiny.json"  # written last: its presence means the build is complete (see offline.py)
 
 # Every linear layer of the language model is at least this wide: bitsandbytes' CPU 4-bit
 # path fails for in_features < 64. The vision side stays narrower on purpose, since it is
@@ -66,7 +66,7 @@ def build_tiny(family: str, out_dir: Path, seed: int = 0) -> Path:
         raise ValueError(f"unknown tiny family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
     marker = {"family": family, "seed": seed, "builder_version": BUILDER_VERSION,
               "transformers": version("transformers")}  # saved formats change between releases
-    return build_cached(out_dir, MARKER, marker, lambda new: _BUILDERS[family](new, seed))
+    return build_cached(out_dir, BUILD_MARKER, marker, lambda new: _MODEL_BUILDERS[family](new, seed))
 
 
 def _tokenizer(template: str = CHAT_TEMPLATE, **named_tokens: str) -> Any:
@@ -258,7 +258,7 @@ def _build_causal_lm(out_dir: Path, seed: int) -> None:
     save_model(MistralForCausalLM, _text_config(tokenizer), out_dir, seed)
 
 
-_BUILDERS: dict[str, Callable[[Path, int], None]] = {
+_MODEL_BUILDERS: dict[str, Callable[[Path, int], None]] = {
     "llava-next": _build_llava_next,
     "llava": _build_llava,
     "idefics2": _build_idefics2,

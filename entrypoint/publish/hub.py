@@ -7,11 +7,11 @@ reaches config.json or a tracker).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from entrypoint import hub_access
 from entrypoint.errors import ConfigError
 from entrypoint.logs import duration, size_text
 
@@ -23,7 +23,7 @@ def _api(api: Any = None) -> Any:
         return api
     from huggingface_hub import HfApi
 
-    return HfApi(token=os.environ.get("HF_TOKEN"))
+    return HfApi(token=hub_access.token())
 
 
 def check_hub(repo_id: str) -> None:
@@ -33,12 +33,11 @@ def check_hub(repo_id: str) -> None:
     a warning: the push is hours away.
     """
     import httpx2
-    from huggingface_hub import constants
 
     where = f"DPO_HUB_REPO={repo_id}"
-    if not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
+    if not hub_access.token():
         raise ConfigError(f"{where}: HF_TOKEN is not set (a write token is needed to push)")
-    if constants.is_offline_mode():
+    if hub_access.offline():
         raise ConfigError(f"{where}: pushing needs the network, but HF_HUB_OFFLINE is set")
     try:
         role = _api().whoami()["auth"].get("accessToken", {}).get("role")

@@ -21,7 +21,7 @@ from typing import Any
 from entrypoint.errors import ConfigError
 from entrypoint.logs import progress, size_text
 from entrypoint.outputs import MANIFEST, sha256_file
-from entrypoint.s3 import client, describe_error, parse_uri
+from entrypoint.s3_client import client, describe_error, parse_uri
 
 log = logging.getLogger(__name__)
 SHA_KEY = "sha256"  # user metadata: x-amz-meta-sha256
