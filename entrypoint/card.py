@@ -35,8 +35,7 @@ def _metrics_table(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["No evaluation split (DPO_EVAL_FRACTION=0)."]
 
-    def number(value: float | None) -> str:
-        return "—" if value is None else f"{value:.4f}"
+    from entrypoint.evaluate import number
 
     lines = ["| metric | base | tuned | pairs or questions |", "|---|---|---|---|"]
     lines += [f"| {row['metric']} | {number(row['base'])} | {number(row['tuned'])} | {row['count'] or ''} |"

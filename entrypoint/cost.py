@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint import hub_access
+from entrypoint.plan import checkpointing
 
 log = logging.getLogger("entrypoint")
 
@@ -360,7 +361,7 @@ def describe(settings: Any, size: ModelSize, run: RunSize, tokens: tuple[int, in
                  f"eval; {run.schedule}: {run.pairs_trained:,} pairs trained in {run.optimizer_steps:,} optimizer "
                  f"steps of {step} pairs")
     vision = f"; {images:g} image a pair, up to {patches:,} vision patches an image" if images else ""
-    recompute = " + 2 recomputed forward" if checkpointing_on(settings) else ""
+    recompute = " + 2 recomputed forward" if checkpointing(settings) else ""
     return [
         f"cost estimate for {model}, {settings.quantization}, one GPU, spot:",
         f"  pairs: {pairs}",
@@ -375,12 +376,6 @@ def describe(settings: Any, size: ModelSize, run: RunSize, tokens: tuple[int, in
         f"  {PRICES_SOURCE}; GPUs: {gpus_source}; training steps only (data preparation, evaluation and start-up "
         "not counted); on N GPUs about the same GPU hours in 1/N of the time",
     ]
-
-
-def checkpointing_on(settings: Any) -> bool:
-    from entrypoint.plan import checkpointing
-
-    return checkpointing(settings)
 
 
 def log_cost(settings: Any, model_ref: Any, processor: Any, report: dict[str, Any], sampled: int,
@@ -404,7 +399,7 @@ def log_cost(settings: Any, model_ref: Any, processor: Any, report: dict[str, An
     patches = arch.vision_patches * plan.workload.tiles_per_image
     count, source = rows if rows else total_rows(settings.dataset, settings.dataset_split, report, sampled)
     run = run_size(count, source, report, settings)
-    at = [pair_flops(size, n, images, patches, checkpointing_on(settings)) for n in tokens]
+    at = [pair_flops(size, n, images, patches, checkpointing(settings)) for n in tokens]
     names, gpus_source = offered_gpus()
     costs = gpu_costs(names, at[0].total, at[1].total, run.pairs_trained, model, settings.quantization, tokens,
                       plan.with_context, load_measurements())

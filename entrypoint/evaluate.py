@@ -340,11 +340,13 @@ def _row(metric: str, base: float | None, tuned: float | None, count: int | None
     return {"metric": metric, "base": base, "tuned": tuned, "count": count, "note": note}
 
 
+def number(value: float | None) -> str:
+    """A figure of the comparison as the log and the card show it (a dash where there is none)."""
+    return "—" if value is None else f"{value:.4f}"
+
+
 def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The table as text lines for the log."""
-    def number(value: float | None) -> str:
-        return "—" if value is None else f"{value:.4f}"
-
     return [f"  {row['metric']}: base {number(row['base'])} -> tuned {number(row['tuned'])}"
             + (f" ({row['count']})" if row["count"] else "") for row in rows if not row["metric"].startswith("DPO")]
 

@@ -32,28 +32,31 @@ def _halves_repeat(values: list[Any]) -> bool:
                                                                                       strict=True))
 
 
-def _containers_copied(value: Any) -> Any:
-    """The same tensors in new lists, tuples, dicts and model outputs."""
+def _rebuilt(value: Any, tensor: Callable[[Any], Any]) -> Any:
+    """`value` with every tensor (in any nesting of lists, tuples, dicts and model outputs) replaced by
+    `tensor(it)`, in new containers of the same classes (a processor's BatchFeature, a model's ModelOutput)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return tensor(value)
     if isinstance(value, Mapping):
-        items = {key: _containers_copied(item) for key, item in value.items()}
+        items = {key: _rebuilt(item, tensor) for key, item in value.items()}
         return type(value)(**items) if isinstance(value, dict) else type(value)(items)
     if isinstance(value, list | tuple):
-        return type(value)(_containers_copied(item) for item in value)
+        return type(value)(_rebuilt(item, tensor) for item in value)
     return value
+
+
+def _containers_copied(value: Any) -> Any:
+    """The same tensors in new lists, tuples, dicts and model outputs."""
+    return _rebuilt(value, lambda tensor: tensor)
 
 
 def repeated(value: Any) -> Any:
     """Tensors (in any nesting of lists, tuples, dicts and model outputs) repeated twice along dimension 0."""
     import torch
 
-    if isinstance(value, torch.Tensor):
-        return torch.cat([value, value]) if value.dim() else value
-    if isinstance(value, Mapping):  # a processor's BatchFeature, a model's ModelOutput: rebuilt as their own class
-        items = {key: repeated(item) for key, item in value.items()}
-        return type(value)(**items) if isinstance(value, dict) else type(value)(items)
-    if isinstance(value, list | tuple):
-        return type(value)(repeated(item) for item in value)
-    return value
+    return _rebuilt(value, lambda tensor: torch.cat([tensor, tensor]) if tensor.dim() else tensor)
 
 
 class OnceProcessor:
