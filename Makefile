@@ -16,7 +16,7 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_FRACTION=0.25 DPO_OUTPUT_DIR=outputs/demo \
 	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
 
-.PHONY: install browser demo test lint lock docs image bench bench-quant bench-gpu bench-data bench-settings bench-encode-once package-check clean
+.PHONY: install browser demo test lint lock docs image image-smoke image-tools bench bench-quant bench-gpu bench-data bench-settings bench-encode-once package-check clean
 
 install: $(VENV)/.installed $(SKY_VENV)/.installed browser
 
@@ -82,12 +82,26 @@ lock:
 docs: $(VENV)/.installed
 	$(BIN)/python -m entrypoint.reference --write README.md
 
-# Needs a Docker engine (none runs on the dev machines or in CI here: the tests lint the Dockerfile
-# and check it installs and runs exactly what they test).
+# Needs a Docker engine (`make image-smoke` starts one as root).
 image:
 	@docker info > /dev/null 2>&1 || { echo "make image: no Docker engine running here" >&2; exit 1; }
 	docker build -t $(IMAGE) --build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
+
+# Build the image from the Dockerfile as shipped (on a stand-in base where the pinned one cannot be pulled) and run
+# the demo in it with no network, as uid 1000; checks the run directory from outside. As root it starts dockerd.
+image-smoke: image-tools
+	$(PYTHON) scripts/image_smoke.py --image $(IMAGE)
+
+# Debian's Docker engine and debootstrap (for the stand-in base), installed when missing and root, as `browser` does.
+image-tools:
+	@{ command -v docker && command -v dockerd && command -v debootstrap; } > /dev/null \
+		|| if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; \
+		else \
+			echo "make image-tools: needs docker, dockerd and debootstrap (Debian: apt-get install -y docker.io debootstrap, as root)" >&2; \
+			exit 1; \
+		fi
 
 # The job against `trl dpo` (TRL's CLI): same tiny LLaVA-NeXT, pairs and settings, 5 alternating runs each.
 bench: $(VENV)/.installed

@@ -104,6 +104,14 @@ class CheckpointCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # A resumed TrainerState carries the logging, eval and save intervals of the run that saved it; this run's
+        # settings apply instead (changing DPO_LOGGING_STEPS on a restart is accepted, so it must take effect).
+        saved = {kind: getattr(state, f"{kind}_steps") for kind in ("logging", "eval", "save")}
+        state.compute_steps(args, state.max_steps)
+        changed = [f"{kind}_steps {was} -> {getattr(state, f'{kind}_steps')}" for kind, was in saved.items()
+                   if was != getattr(state, f"{kind}_steps")]
+        if state.global_step and changed:
+            log.info("resumed with this run's intervals: %s", ", ".join(changed))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._previous_handler is not None:

@@ -53,6 +53,9 @@ def preflight(settings: JobSettings, paths: RunPaths) -> Any:
     from entrypoint.data.sources import check_image_dir, check_source
     from entrypoint.models.loading import resolve_model
 
+    outputs.check_writable(paths.output_dir, "DPO_OUTPUT_DIR")
+    outputs.check_writable(paths.checkpoint_dir, "DPO_CHECKPOINT_DIR")
+    outputs.check_writable(paths.cache_dir, "DPO_CACHE_DIR")
     model = resolve_model(settings.model, settings.model_family, settings.model_revision, paths.cache_dir)
     check_source(settings.dataset, settings.dataset_revision)
     check_image_dir(settings.image_dir)

@@ -44,6 +44,24 @@ _UNFIXABLE_WARNINGS = (
      FutureWarning, r"transformers\.modeling_utils"),
 )
 
+# Library log lines that are wrong for this job: (logger, start of the message).
+_MISLEADING_LOG_LINES = (
+    # On resume, the Trainer warns that logging/eval/save steps differ from the checkpoint's and keeps the
+    # checkpoint's; the job applies this run's instead (checkpoints.CheckpointCallback.on_train_begin) and says so.
+    ("transformers.trainer_utils", "Warning: The following arguments do not match the ones in the `trainer_state"),
+)
+
+
+class DropLines(logging.Filter):
+    """Drops the records of `lines`: (logger name, start of the message)."""
+
+    def __init__(self, lines: tuple[tuple[str, str], ...]):
+        super().__init__()
+        self.lines = lines
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and record.getMessage().startswith(start) for name, start in self.lines)
+
 
 class SecretMask(logging.Filter):
     """Replaces credential values in every log line and traceback, wherever they come from."""
@@ -117,6 +135,10 @@ def _route_library_logs(progress_bars: bool) -> None:
     py_warnings.filters = [f for f in py_warnings.filters if not isinstance(f, OncePerProcess)] + [OncePerProcess()]
     for message, category, module in _UNFIXABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in {name for name, _ in _MISLEADING_LOG_LINES}:
+        library = logging.getLogger(name)
+        library.filters = [f for f in library.filters if not isinstance(f, DropLines)] + [
+            DropLines(_MISLEADING_LOG_LINES)]
     if not progress_bars:
         hf_logging.disable_progress_bar()
         datasets_logging.disable_progress_bar()

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from entrypoint.errors import ConfigError
+
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 METRICS = "metrics.json"
@@ -84,3 +86,25 @@ def write_manifest(run_dir: Path, run_name: str, exclude: tuple[Path, ...] = (),
 def remove_unpublished(adapter_dir: Path) -> None:
     for name in UNPUBLISHED_FILES:
         (adapter_dir / name).unlink(missing_ok=True)
+
+
+def check_writable(directory: Path, setting: str) -> None:
+    """The job can create and write `directory` (the folder itself, or the nearest one above it that exists).
+
+    A container runs as uid 1000: a volume mounted from a folder only root may write would otherwise end the
+    run at its first save, after the model was loaded. Nothing is created here, so a dry run leaves no trace.
+    """
+    uid = os.getuid()
+    fix = (f"make it writable by that user (e.g. `chown -R {uid} <the host folder>` for a volume), run the "
+           f"container as the folder's owner (`docker run --user <uid>`), or set {setting} to a writable folder")
+    existing = directory
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except PermissionError:  # a folder above it the job may not even look into
+        raise ConfigError(f"{setting}={directory}: {existing.parent} is not readable by the job (uid {uid}); "
+                          f"{fix}") from None
+    if not existing.is_dir():
+        raise ConfigError(f"{setting}={directory}: {existing} is a file, not a folder; point {setting} at a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{setting}={directory}: {existing} is not writable by the job (uid {uid}); {fix}")

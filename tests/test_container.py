@@ -1,8 +1,9 @@
 """The image: hadolint passes, and it installs and runs exactly what the tests exercise.
 
-No Docker engine runs here, so the image is not built: these checks read the Dockerfile. The lock
-it installs is the one tests/test_project.py checks the test venv against, and its ENTRYPOINT is
-the command tests/conftest.py runs for every end-to-end test.
+These checks read the Dockerfile; `make image-smoke` (scripts/image_smoke.py, run by .ci/run after the suite)
+builds it and runs the demo in it. The lock it installs is the one tests/test_project.py checks the test venv
+against, and its ENTRYPOINT is the command tests/conftest.py runs for every end-to-end test. The smoke script's
+own logic (the FROM swap, the check of the run directory from outside) is tested at the end of this file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import conftest
 from conftest import ROOT
@@ -101,3 +104,58 @@ def test_the_build_context_holds_only_what_the_image_copies():
         for source in copy.split()[:-1]:
             assert sent(source), f"{source} is copied but not in the build context"
     assert not sent(".venv") and not sent("outputs") and not sent(".git") and not sent("tests/conftest.py")
+
+
+def _smoke():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_smoke", ROOT / "scripts" / "image_smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_smoke_build_swaps_only_the_base_image():
+    smoke = _smoke()
+    pinned = smoke.pinned_base(DOCKERFILE)
+    assert pinned.startswith("python:3.11") and "@sha256:" in pinned
+    swapped = smoke.on_base(DOCKERFILE, smoke.STANDIN)
+    changed = [(a, b) for a, b in zip(DOCKERFILE.splitlines(), swapped.splitlines(), strict=True) if a != b]
+    assert changed == [(f"FROM {pinned}", f"FROM {smoke.STANDIN}")]
+    assert smoke.on_base(DOCKERFILE, pinned) == DOCKERFILE
+    # The stand-in stands for the same Debian release and Python minor version as the pinned base.
+    assert "bookworm" in pinned and "bookworm" in smoke.STANDIN and "python3.11" in smoke.STANDIN
+
+
+def test_the_smoke_check_of_the_run_directory_catches_a_changed_or_missing_file(tmp_path):
+    from entrypoint.outputs import write_manifest
+
+    smoke = _smoke()
+    run = tmp_path / "run"
+    for name in smoke.RUN_FILES:
+        if name != "manifest.json":
+            (run / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / name).write_text("{}" if name.endswith(".json") else "weights")
+    (run / "metrics.json").write_text('{"train": {"global_step": 40}}')
+    write_manifest(run, "smoke")
+    assert smoke.check_outputs(run).startswith(f"{len(smoke.RUN_FILES) - 1} files match manifest.json; 40 steps")
+    (run / "adapter" / "adapter_model.safetensors").write_text("weighs")  # same size, other bytes
+    with pytest.raises(smoke.SmokeFailed, match="adapter/adapter_model.safetensors does not match manifest.json"):
+        smoke.check_outputs(run)
+    (run / "config.json").unlink()
+    with pytest.raises(smoke.SmokeFailed, match="lacks config.json"):
+        smoke.check_outputs(run)
+
+
+def test_ci_and_the_image_workflow_run_the_smoke_test_and_push_only_what_passed():
+    import yaml
+
+    assert "make image-smoke" in (ROOT / ".ci" / "run").read_text()
+    steps = yaml.safe_load((ROOT / ".github" / "workflows" / "image.yml").read_text())["jobs"]["build"]["steps"]
+    names = [step.get("name", step.get("uses", "")) for step in steps]
+    build, smoke, push = (names.index(n) for n in ("Build", next(n for n in names if n.startswith("Smoke")),
+                                                   "Push the image that passed"))
+    assert build < smoke < push
+    assert steps[build]["with"]["load"] is True and steps[build]["with"]["push"] is False
+    assert "scripts/image_smoke.py --prebuilt" in steps[smoke]["run"] and "docker push" in steps[push]["run"]
+    assert not any(step.get("with", {}).get("push") is True for step in steps)  # nothing pushed before the smoke

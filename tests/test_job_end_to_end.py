@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -144,6 +146,61 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path, cache_dir, 
     assert errors == [f"error: {errors[0][7:]}"] and message in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("setting", ["output_dir", "checkpoint_dir", "cache_dir"])
+def test_a_folder_the_job_cannot_write_exits_2_before_any_model_is_loaded(tmp_path, cache_dir, setting):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = job_env(cache_dir, tmp_path / "out", **DEMO)
+    env[f"DPO_{setting.upper()}"] = str(blocker / "run")
+    result = run_job(env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: DPO_{setting.upper()}={blocker / 'run'}: {blocker} is a file, not a folder" in result.stderr
+    assert "model tiny:llava-next" not in result.stderr  # refused before the model was resolved
+
+
+def test_a_folder_only_another_user_may_write_names_the_setting_and_the_fix(tmp_path):
+    """What a container (uid 1000) meets with a volume only root may write. As root, the check runs in a child
+    process that drops to uid 65534 (in a folder under /tmp it may look into); otherwise the folder is made
+    read-only for its owner."""
+    import os
+    import tempfile
+
+    from entrypoint.errors import ConfigError
+    from entrypoint.outputs import check_writable
+
+    top = Path(tempfile.mkdtemp(dir="/tmp"))
+    top.chmod(0o755)
+    locked = top / "locked"
+    locked.mkdir(mode=0o755)
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(read)
+        try:
+            if os.geteuid() == 0:
+                os.setuid(65534)
+            check_writable(locked / "run" / "outputs", "DPO_OUTPUT_DIR")
+            os.write(write, b"accepted")
+        except ConfigError as exc:
+            os.write(write, str(exc).encode())
+        except BaseException as exc:  # noqa: BLE001 - whatever it was, the parent's assertion shows it
+            os.write(write, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        message = pipe.read()
+    os.waitpid(child, 0)
+    uid = 65534 if os.geteuid() == 0 else os.getuid()
+    assert message.startswith(f"DPO_OUTPUT_DIR={locked / 'run' / 'outputs'}: {locked} is not writable by the job "
+                              f"(uid {uid})") and f"chown -R {uid}" in message and "--user" in message
+    shutil.rmtree(top)
+    check_writable(tmp_path / "free" / "run", "DPO_OUTPUT_DIR")  # a folder yet to be made, under a writable one
+    assert not (tmp_path / "free").exists()  # nothing created: a dry run leaves no trace
 
 
 @pytest.mark.parametrize(("model", "dataset", "fmt"), [

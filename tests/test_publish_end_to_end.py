@@ -3,16 +3,19 @@ no secret anywhere, the same wandb run after a restart, and an upload killed mid
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import boto3
+import fake_hub
 import pytest
 
-from conftest import ROOT, job_env, run_job, start_job, wait_for
+from conftest import ROOT, completed_run, job_env, run_job, start_job, wait_for
 from entrypoint import checkpoints
 from s3_server import FaultyProxy, moto_server
 
@@ -125,3 +128,54 @@ def test_a_destination_added_after_the_run_finished_is_published_without_retrain
         assert f"{prefix}/manifest.json" in uploaded
     state = json.loads((output / "checkpoints" / "state.json").read_text())
     assert state["stages"]["published"]["s3"]["to"] == f"s3://{BUCKET}/moved"
+
+
+@pytest.fixture(scope="module")
+def run_to_publish(tmp_path_factory, cache_dir):
+    """A finished run with no destination yet; the Hub tests below publish it."""
+    return completed_run(tmp_path_factory, cache_dir, "to-publish", **{**RUN, "report_to": "none"})[0]
+
+
+@pytest.mark.parametrize("protocol", ["xet", "lfs"])
+def test_the_job_publishes_to_the_hub_large_files_through_xet_or_lfs(tmp_path, cache_dir, run_to_publish, protocol):
+    """The job itself (a subprocess) pushes to the fake Hub over HTTP. The Hub answers "lfs" for binary files;
+    with hf_xet installed (the image) they go through Xet, with HF_HUB_DISABLE_XET=1 through the LFS batch API.
+    The run finished with no destination: DPO_HUB_REPO added afterwards publishes it without retraining."""
+    output = tmp_path / "run"
+    shutil.copytree(run_to_publish, output)
+    repo = f"org/adapter-{protocol}"
+    env = job_env(cache_dir, output, **{**RUN, "report_to": "none", "hub_repo": repo})
+    env.update({"HF_TOKEN": fake_hub.TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": str(int(protocol == "lfs")),
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    hub = fake_hub.FakeHub()
+    with fake_hub.serve(hub) as url:
+        env["HF_ENDPOINT"] = url
+        result = run_job(env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        again = run_job(env)  # published already: nothing is pushed twice
+    assert "results already complete" in result.stderr and "resuming from" not in result.stderr
+    assert again.returncode == 0 and len(hub.commits) == 1
+    assert hub.created == [{"name": repo.split("/")[1], "organization": "org", "visibility": "private",
+                            "type": "model"}]
+
+    (commit,) = hub.commits
+    adapter = output / "adapter"
+    local = {p.relative_to(adapter).as_posix(): p.read_bytes() for p in adapter.rglob("*") if p.is_file()}
+    assert set(commit["files"]) | set(commit["lfs"]) == set(local) and not set(commit["files"]) & set(commit["lfs"])
+    binary = {path for path in local if path.endswith((".safetensors", ".png"))}  # as the Hub sorts them
+    assert "adapter_model.safetensors" in binary and set(commit["lfs"]) == binary
+    assert {"adapter_config.json", "README.md", "report.html"} <= set(commit["files"])
+    for path, content in commit["files"].items():
+        assert content == local[path], path
+    for path, entry in commit["lfs"].items():
+        assert entry == {"sha256": hashlib.sha256(local[path]).hexdigest(), "size": len(local[path])}, path
+    lfs_bytes = sum(len(local[path]) for path in commit["lfs"])
+    if protocol == "xet":  # every byte of every LFS file went to the CAS, in xorbs, and a shard registered them
+        assert hub.xorb_bytes == lfs_bytes and hub.shards >= 1 and not hub.lfs_objects
+    else:  # each LFS file PUT whole, its content checked against its oid
+        assert {oid: len(data) for oid, data in hub.lfs_objects.items()} == {
+            entry["sha256"]: entry["size"] for entry in commit["lfs"].values()} and hub.xorb_bytes == 0
+    assert sum(len(data) for data in hub.lfs_objects.values()) in (0, lfs_bytes)
+    state = json.loads((output / "checkpoints" / "state.json").read_text())
+    assert state["stages"]["published"]["hub"] == {"to": repo, "url": f"{url}/org/model/commit/abc"}
+    assert fake_hub.TOKEN not in result.stderr + result.stdout

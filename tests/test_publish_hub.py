@@ -3,13 +3,13 @@ repo creation and visibility, the commit and its files, the model card's metadat
 
 from __future__ import annotations
 
-import base64
-import json
+import hashlib
 from pathlib import Path
 
 import httpx2
 import pytest
 import yaml
+from fake_hub import TOKEN, FakeHub
 from huggingface_hub import constants
 from huggingface_hub.utils import _http
 
@@ -17,53 +17,14 @@ from entrypoint.errors import ConfigError
 from entrypoint.evaluate import comparison
 from entrypoint.publish.hub import check_hub, publish_adapter
 
-TOKEN = "hf_canaryWriteToken0123"
-
-
-class FakeHub:
-    """Answers the Hub API calls HfApi makes for whoami, create_repo and upload_folder; records them."""
-
-    def __init__(self, role: str = "write"):
-        self.role = role
-        self.requests: list[httpx2.Request] = []
-        self.created: list[dict] = []
-        self.commits: list[dict] = []
-
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        self.requests.append(request)
-        path = request.url.path
-        if path == "/api/whoami-v2":
-            if request.headers.get("authorization") != f"Bearer {TOKEN}":
-                return httpx2.Response(401, json={"error": "Invalid credentials in Authorization header"})
-            return httpx2.Response(200, json={"name": "me", "auth": {"accessToken": {"role": self.role}}})
-        if path == "/api/repos/create":
-            self.created.append(json.loads(request.content))
-            return httpx2.Response(200, json={"url": "https://huggingface.co/org/model"})
-        if path == "/api/validate-yaml":
-            yaml.safe_load(json.loads(request.content)["content"].split("---")[1])  # the card's front matter parses
-            return httpx2.Response(200, json={})
-        if path.endswith("/preupload/main"):
-            files = json.loads(request.content)["files"]
-            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
-                                                         "shouldIgnore": False} for f in files]})
-        if path.endswith("/commit/main"):
-            self.commits.append(self._commit(request))
-            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/org/model/commit/abc",
-                                              "commitOid": "a" * 40})
-        return httpx2.Response(404, json={"error": "not found"})
-
-    @staticmethod
-    def _commit(request: httpx2.Request) -> dict:
-        lines = [json.loads(line) for line in request.content.decode().splitlines()]
-        files = {e["value"]["path"]: base64.b64decode(e["value"]["content"]) for e in lines if e["key"] == "file"}
-        return {"path": request.url.path, "message": lines[0]["value"]["summary"], "files": files,
-                "authorization": request.headers.get("authorization")}
-
 
 @pytest.fixture
 def hub(monkeypatch):
+    """In process: hf_xet's own HTTP client would miss the mock transport, so LFS files take the LFS batch API
+    here (tests/test_publish_end_to_end.py runs Xet against the fake over HTTP)."""
     fake = FakeHub()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake)))
     yield fake
     _http.set_client_factory(_http.default_client_factory)
@@ -101,8 +62,9 @@ def test_creates_a_private_repo_then_one_commit_named_after_the_run(tmp_path, mo
     (commit,) = hub.commits
     assert commit["path"] == "/api/models/org/model/commit/main" and commit["message"] == "DPO run run-7"
     assert commit["authorization"] == f"Bearer {TOKEN}"
-    assert set(commit["files"]) == {"adapter_model.safetensors", "adapter_config.json", "README.md",
-                                    "plots/loss.png"}
+    assert set(commit["files"]) == {"adapter_model.safetensors", "adapter_config.json", "README.md"}  # small text
+    assert commit["lfs"] == {"plots/loss.png": {"sha256": hashlib.sha256(b"\x89PNG").hexdigest(), "size": 4}}
+    assert hub.lfs_objects == {commit["lfs"]["plots/loss.png"]["sha256"]: b"\x89PNG"}  # the LFS batch API's PUT
     assert url == "https://huggingface.co/org/model/commit/abc"
     publish_adapter(adapter, "org/model", private=False, run_name="run-7")
     assert hub.created[-1]["visibility"] == "public"

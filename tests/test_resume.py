@@ -110,6 +110,28 @@ def test_changed_training_settings_are_refused_unless_resume_never(tmp_path, cac
     assert foreign.read_text() == "not the job's"  # DPO_RESUME=never used to delete the whole directory
 
 
+def test_a_reporting_only_change_resumes_mid_training_to_the_same_adapter(tmp_path, cache_dir, uninterrupted):
+    """Killed after its first checkpoint, restarted with another DPO_LOGGING_STEPS: training resumes there (not
+    "results already complete", not refused) and ends with the uninterrupted run's adapter."""
+    output = tmp_path / "relogged"
+    process = start_job(job_env(cache_dir, output, **RUN))
+    wait_for(output / "checkpoints" / "checkpoint-3" / checkpoints.COMPLETE_MARKER, process)
+    process.kill()
+    process.wait()
+    assert not (output / "manifest.json").exists()
+
+    restarted = run_job(job_env(cache_dir, output, **{**RUN, "logging_steps": "3"}))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "resuming from" in restarted.stderr and "results already complete" not in restarted.stderr
+    assert "resumed with this run's intervals: logging_steps 2 -> 3" in restarted.stderr
+    assert "do not match the ones in the `trainer_state" not in restarted.stderr  # transformers' line, wrong here
+    assert adapter_sha(output) == adapter_sha(uninterrupted)
+    history = json.loads((output / "metrics.json").read_text())["history"]
+    resumed_from = int(json.loads((output / "metrics.json").read_text())["train"]["resumed_from"].split("-")[-1])
+    logged = [entry["step"] for entry in history if "loss" in entry and entry["step"] > resumed_from]
+    assert logged and all(step % 3 == 0 for step in logged)  # the new logging interval took effect
+
+
 def test_resume_never_removes_only_what_the_job_wrote(tmp_path):
     from entrypoint.state import remove_own_files
 
