@@ -7,10 +7,10 @@ Stages, each timed:
 3. build   - the Dockerfile on disk, with only its FROM line swapped when the stand-in is used (the swapped
              text goes through stdin; the file is not touched).
 4. user    - the image runs as uid 1000, not root.
-5. refuse  - an output folder that uid 1000 cannot write: exit 2 and one line naming it (no traceback).
+5. refuse  - an output folder that uid 1000 cannot write (mode 555): exit 2 and one line naming it, no traceback.
 6. demo    - the embedded default (tiny model, bundled sample) with no network, as uid 1000, into volumes.
 7. outputs - checked from outside the image: adapter/, metrics.json, config.json, data_report.json,
-             manifest.json, and every file's size and sha256 as the manifest records them.
+             manifest.json, every file's size and sha256 as the manifest records them, all written by uid 1000.
 
 The stand-in: Debian bookworm made with debootstrap from the Debian mirror apt uses, with Python 3.11 (the pinned
 base's minor version) in a venv on PATH, and the host's extra CA certificates (package traffic may pass a
@@ -186,10 +186,13 @@ def check_user(image: str) -> str:
     return f"USER {configured}, id -u {uid}"
 
 
-def volume(path: Path, owner: int) -> Path:
+def volume(path: Path) -> Path:
+    """A folder to mount that the job (uid 1000) may write: given to it as root, open to all otherwise."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
-        os.chown(path, owner, owner)
+        os.chown(path, JOB_UID, JOB_UID)
+    else:
+        path.chmod(0o777)
     return path
 
 
@@ -201,20 +204,19 @@ def run_job(image: str, outputs: Path, cache: Path, env: dict[str, str]) -> subp
 
 def check_refused(image: str, work: Path) -> str:
     """An output volume uid 1000 cannot write: exit 2 with one line naming it, before any model is loaded."""
-    if os.geteuid() != 0:
-        return "skipped: needs root to make a folder uid 1000 cannot write"
     locked = work / "locked-outputs"
-    shutil.rmtree(locked, ignore_errors=True)
-    locked.mkdir(mode=0o755)
-    os.chown(locked, 0, 0)
-    result = run_job(image, locked, volume(work / "cache", JOB_UID), DEMO_ENV)
+    locked.mkdir()
+    locked.chmod(0o555)  # writable by root alone, whoever owns it
+    result = run_job(image, locked, volume(work / "cache"), DEMO_ENV)
     if result.returncode != 2 or "Traceback" in result.stderr or "DPO_OUTPUT_DIR" not in result.stderr:
         raise SmokeFailed(f"an unwritable output folder gave exit {result.returncode}, not 2 with a line naming "
                           f"DPO_OUTPUT_DIR:\n{result.stderr[-2000:]}")
     return [line for line in result.stderr.splitlines() if line.startswith("error:")][-1]
 
 
-def check_outputs(run_dir: Path) -> str:
+def check_outputs(run_dir: Path, owner: int | None = JOB_UID) -> str:
+    """The run directory as a pipeline finds it on the host: the contract's files, each as manifest.json records
+    it, all written by `owner` (the image's user)."""
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise SmokeFailed(f"the run directory {run_dir} lacks {', '.join(missing)}")
@@ -223,10 +225,12 @@ def check_outputs(run_dir: Path) -> str:
         path = run_dir / entry["path"]
         if path.stat().st_size != entry["size"] or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
             raise SmokeFailed(f"{entry['path']} does not match manifest.json")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     owners = {p.stat().st_uid for p in run_dir.rglob("*")}
+    if owner is not None and owners != {owner}:
+        raise SmokeFailed(f"the run directory holds files of uid(s) {sorted(owners)}, not only {owner}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     return (f"{len(manifest['files'])} files match manifest.json; {metrics['train']['global_step']} steps; "
-            f"written by uid {sorted(owners)}")
+            f"written by uid {', '.join(map(str, sorted(owners)))}")
 
 
 def image_size(image: str) -> str:
@@ -265,10 +269,10 @@ def main() -> int:
             stage("build", lambda: build(args.image, dockerfile, base) or f"{args.image}, {image_size(args.image)}")
         stage("user", lambda: check_user(args.image))
         stage("refuse", lambda: check_refused(args.image, work))
-        outputs = volume(work / "outputs", JOB_UID)
+        outputs = volume(work / "outputs")
 
         def demo() -> str:
-            result = run_job(args.image, outputs, volume(work / "cache", JOB_UID), DEMO_ENV)
+            result = run_job(args.image, outputs, volume(work / "cache"), DEMO_ENV)
             (work / "demo.log").write_text(result.stderr + result.stdout)
             if result.returncode != 0:
                 raise SmokeFailed(f"the demo in the image exited with {result.returncode}:\n{result.stderr[-3000:]}")

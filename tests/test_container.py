@@ -9,6 +9,7 @@ own logic (the FROM swap, the check of the run directory from outside) is tested
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -138,13 +139,17 @@ def test_the_smoke_check_of_the_run_directory_catches_a_changed_or_missing_file(
             (run / name).write_text("{}" if name.endswith(".json") else "weights")
     (run / "metrics.json").write_text('{"train": {"global_step": 40}}')
     write_manifest(run, "smoke")
-    assert smoke.check_outputs(run).startswith(f"{len(smoke.RUN_FILES) - 1} files match manifest.json; 40 steps")
+    me = os.getuid()
+    assert smoke.check_outputs(run, owner=me) == (f"{len(smoke.RUN_FILES) - 1} files match manifest.json; 40 steps; "
+                                                  f"written by uid {me}")
+    with pytest.raises(smoke.SmokeFailed, match=f"files of uid\\(s\\) \\[{me}\\], not only {me + 1}"):
+        smoke.check_outputs(run, owner=me + 1)  # the image's user wrote none of them
     (run / "adapter" / "adapter_model.safetensors").write_text("weighs")  # same size, other bytes
     with pytest.raises(smoke.SmokeFailed, match="adapter/adapter_model.safetensors does not match manifest.json"):
-        smoke.check_outputs(run)
+        smoke.check_outputs(run, owner=me)
     (run / "config.json").unlink()
     with pytest.raises(smoke.SmokeFailed, match="lacks config.json"):
-        smoke.check_outputs(run)
+        smoke.check_outputs(run, owner=me)
 
 
 def test_ci_and_the_image_workflow_run_the_smoke_test_and_push_only_what_passed():

@@ -175,7 +175,6 @@ def test_the_job_publishes_to_the_hub_large_files_through_xet_or_lfs(tmp_path, c
     else:  # each LFS file PUT whole, its content checked against its oid
         assert {oid: len(data) for oid, data in hub.lfs_objects.items()} == {
             entry["sha256"]: entry["size"] for entry in commit["lfs"].values()} and hub.xorb_bytes == 0
-    assert sum(len(data) for data in hub.lfs_objects.values()) in (0, lfs_bytes)
     state = json.loads((output / "checkpoints" / "state.json").read_text())
     assert state["stages"]["published"]["hub"] == {"to": repo, "url": f"{url}/org/model/commit/abc"}
     assert fake_hub.TOKEN not in result.stderr + result.stdout
