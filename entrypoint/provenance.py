@@ -134,18 +134,10 @@ def source_files(local: Path, split: str) -> list[dict[str, Any]]:
 
 def s3_objects(uri: str) -> list[dict[str, Any]]:
     """Each object an s3:// data reference means (s3_client.data_objects: the key itself, or the folder under it), with
-    its size and ETag, from one listing."""
+    its size and ETag, from the listing that decides which objects those are."""
     from entrypoint import s3_client
 
-    bucket, key = s3_client.parse_uri(uri)
-    folder, objects = s3_client.data_objects(uri)
-    wanted = {name for name, _ in objects}
-    found = []
-    prefix = f"{key}/" if folder and key else key
-    for page in s3_client.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        found += [{"key": obj["Key"], "size": obj["Size"], "etag": obj["ETag"].strip('"')}
-                  for obj in page.get("Contents", []) if obj["Key"] in wanted]
-    return found
+    return [{"key": key, "size": size, "etag": etag} for key, size, etag in s3_client.data_objects(uri)[1]]
 
 
 def pairs_fingerprint(pairs: Any) -> dict[str, Any] | None:

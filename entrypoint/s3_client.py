@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from entrypoint.errors import ConfigError
 
@@ -44,31 +44,41 @@ def describe_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def list_keys(bucket: str, prefix: str) -> list[tuple[str, int]]:
-    """(key, size) of every object under the prefix."""
-    keys: list[tuple[str, int]] = []
+class S3Object(NamedTuple):
+    key: str
+    size: int
+    etag: str  # without its quotes: the MD5 of a single-part upload, a content hash in any case
+
+
+def _listed(entry: dict[str, Any]) -> S3Object:
+    return S3Object(entry["Key"], entry["Size"], entry["ETag"].strip('"'))
+
+
+def list_objects(bucket: str, prefix: str) -> list[S3Object]:
+    """Every object under the prefix, as S3 lists them."""
+    objects: list[S3Object] = []
     for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))
-    return keys
+        objects.extend(_listed(entry) for entry in page.get("Contents", []))
+    return objects
 
 
-def data_objects(uri: str, first_only: bool = False) -> tuple[bool, list[tuple[str, int]]]:
-    """What an s3:// data reference means, for the start-up check and the download alike: the object with
-    exactly that key, or else every object under `key/` (a folder). `s3://b/sets/rl` never means
-    `sets/rlaif/...`. Returns (is_folder, [(key, size), ...]); `first_only` stops at the first object.
+def data_objects(uri: str, first_only: bool = False) -> tuple[bool, list[S3Object]]:
+    """What an s3:// data reference means, for the start-up check, the download and the run's provenance alike:
+    the object with exactly that key, or else every object under `key/` (a folder). `s3://b/sets/rl` never means
+    `sets/rlaif/...`. Returns (is_folder, objects); `first_only` stops at the first object.
     ConfigError when there is nothing, or S3 cannot be read."""
     bucket, key = parse_uri(uri)
     try:
         if key:
             first = client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
             if first and first[0]["Key"] == key:  # S3 lists in key order: an exact match comes first
-                return False, [(key, first[0]["Size"])]
+                return False, [_listed(first[0])]
         folder = f"{key}/" if key else ""
         if first_only:
             found = client().list_objects_v2(Bucket=bucket, Prefix=folder, MaxKeys=1).get("Contents", [])
-            objects = [(obj["Key"], obj["Size"]) for obj in found]
+            objects = [_listed(entry) for entry in found]
         else:
-            objects = list_keys(bucket, folder)
+            objects = list_objects(bucket, folder)
     except Exception as exc:  # noqa: BLE001 - every S3 failure here is the user's to fix
         raise ConfigError(f"DPO_DATASET={uri}: {describe_error(exc)}") from None
     if not objects:
@@ -87,7 +97,7 @@ def download(uri: str, dest: Path) -> Path:
     folder, objects = data_objects(uri)
     root = dest / bucket / key
     config = TransferConfig(multipart_threshold=64 * 2**20, max_concurrency=8)
-    for object_key, size in objects:
+    for object_key, size, _ in objects:
         target = root / object_key[len(key):].lstrip("/") if folder else root
         if target.is_file() and target.stat().st_size == size:
             continue
