@@ -36,6 +36,7 @@ from typing import Any
 
 from entrypoint import hub_access
 from entrypoint.plan import checkpointing
+from entrypoint.train import optimizer_steps
 
 log = logging.getLogger("entrypoint")
 
@@ -112,20 +113,9 @@ def estimated_pairs_per_second(flops: float, gpu: Gpu, mfu: float = MFU) -> floa
     return gpu.peak_tflops * 1e12 * mfu / flops
 
 
-def model_size(config: Any, family: Any) -> ModelSize:
-    """Counted on the model's architecture, built on the meta device as the memory plan builds it."""
-    from entrypoint.models.architecture import meta_model
-
-    model = meta_model(config, family)
-    params = sum(p.numel() for p in model.parameters())
-    vision = sum(p.numel() for name, p in model.named_parameters()
-                 if any(name.startswith(m + ".") for m in family.vision_modules))
-    embeddings, head = model.get_input_embeddings().weight, model.get_output_embeddings()
-    tied = head is not None and head.weight is embeddings
-    decoder = params - vision - embeddings.numel() + (embeddings.numel() if tied else 0)
-    text = config.get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return ModelSize(params, decoder, vision, text.num_hidden_layers, text.num_attention_heads * head_dim)
+def model_size(arch: Any) -> ModelSize:
+    """The counts the FLOPs need, from the architecture the memory plan counted (models/architecture.describe)."""
+    return ModelSize(arch.params, arch.decoder_params, arch.vision_params, arch.layers, arch.attention_width)
 
 
 # ---- how many pairs the run trains on
@@ -166,8 +156,7 @@ def run_size(total_rows: int | None, rows_source: str, report: dict[str, Any], s
     schedule = f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
     if train is None:
         return RunSize(rows, source, None, None, None, None, schedule)
-    return RunSize(rows, source, train, evaluation, round(train * epochs), math.ceil(train / per_step * epochs),
-                   schedule)
+    return RunSize(rows, source, train, evaluation, round(train * epochs), optimizer_steps(settings, train), schedule)
 
 
 def is_local(ref: str) -> bool:
@@ -383,7 +372,7 @@ def log_cost(settings: Any, model_ref: Any, processor: Any, report: dict[str, An
     """--dry-run: log (and return) the cost estimate of the run these settings describe, for the model a `shapes:`
     model stands for at full size. `sampled`: the rows the dry run read; `rows`: a known row count and its source,
     instead of finding it."""
-    from entrypoint.plan import plan_for_run, run_config
+    from entrypoint.plan import plan_for_run
 
     tokens_report = report.get("tokens")
     if not tokens_report:
@@ -392,7 +381,7 @@ def log_cost(settings: Any, model_ref: Any, processor: Any, report: dict[str, An
     published = bool(model_ref.stands_for)
     model = model_ref.stands_for or settings.model
     arch, plan, _ = plan_for_run(settings, model_ref, processor, tokens_report, published=published)
-    size = model_size(run_config(model_ref, processor, published), model_ref.family)
+    size = model_size(arch)
     pair = tokens_report["pair_tokens"]
     tokens = (pair["p50"], pair["p95"])
     images = plan.workload.images_per_pair

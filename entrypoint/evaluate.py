@@ -26,11 +26,13 @@ from typing import Any
 
 from entrypoint.data.formats import message_text
 from entrypoint.outputs import SAMPLES_DIR
+from entrypoint.train import optimizer_steps
 
 log = logging.getLogger("entrypoint")
 MAX_NEW_TOKENS = 64
 EVALS_PER_RUN = 5  # evaluations during training when DPO_EVAL_STEPS is not set
 SAMPLE_IMAGE_PX = 512  # longest side of a saved sample image
+MISSING = "—"  # where a figure has no value (the card, the log, report.html)
 STEP0_NOTE = "base: at step 0 the policy is the reference, so rewards are 0 and the loss ln 2 by construction"
 
 
@@ -43,7 +45,7 @@ def eval_schedule(settings: Any, args: Any, train_pairs: int, eval_pairs: int, w
     split or the user chose DPO_EVAL_STRATEGY themselves."""
     if not eval_pairs or "eval_strategy" in settings.model_fields_set:
         return None
-    steps = total_steps(args, train_pairs, world_size)
+    steps = optimizer_steps(args, train_pairs, world_size)
     chosen = settings.eval_steps if "eval_steps" in settings.model_fields_set and settings.eval_steps else None
     if chosen is None:
         every = max(1, math.ceil(steps / EVALS_PER_RUN))
@@ -58,18 +60,10 @@ def log_eval_cost(before: dict[str, float], args: Any, report: dict[str, Any], e
     """What evaluation adds to the run, from the time the evaluation before training took."""
     if not before.get("runtime"):
         return
-    evals = total_steps(args, report["train_pairs"], world_size) // every if every else 0
+    evals = optimizer_steps(args, report["train_pairs"], world_size) // every if every else 0
     log.info("evaluation: %.1f s each on %d pairs (DPO_MAX_EVAL_PAIRS); every %s steps (DPO_EVAL_STEPS): %d during "
              "training and one after, about %.0f s in all", before["runtime"], report["eval_pairs"], every or "-",
              evals, (evals + 1) * before["runtime"])
-
-
-def total_steps(args: Any, train_pairs: int, world_size: int = 1) -> int:
-    """Optimizer steps of the run: DPO_MAX_STEPS, else the epochs over the train pairs."""
-    if args.max_steps and args.max_steps > 0:
-        return int(args.max_steps)
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
-    return max(1, math.ceil(train_pairs / per_step) * math.ceil(args.num_train_epochs))
 
 
 # ---- DPO reward metrics (TRL)
@@ -342,7 +336,7 @@ def _row(metric: str, base: float | None, tuned: float | None, count: int | None
 
 def number(value: float | None) -> str:
     """A figure of the comparison as the log and the card show it (a dash where there is none)."""
-    return "—" if value is None else f"{value:.4f}"
+    return MISSING if value is None else f"{value:.4f}"
 
 
 def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,17 @@ def dpo_config(settings: JobSettings, checkpoint_dir: Path, run_name: str) -> An
 
 
 # DPOConfig values TRL refuses (or silently ignores) for vision-language data, with the fix.
+def optimizer_steps(config: Any, train_pairs: int, world_size: int = 1) -> int:
+    """Optimizer steps of a run as the Trainer counts them, from a DPOConfig or the job's settings (the same field
+    names): DPO_MAX_STEPS when set, else the epochs over the batches each process gets, a short last batch and a
+    short last accumulation counting as one."""
+    if config.max_steps and config.max_steps > 0:
+        return int(config.max_steps)
+    batches = math.ceil(train_pairs / (config.per_device_train_batch_size * world_size))
+    per_epoch = max(math.ceil(batches / config.gradient_accumulation_steps), 1)
+    return math.ceil(config.num_train_epochs * per_epoch)
+
+
 _NOT_FOR_VISION = {
     "truncation_mode": ("keep_end", "image tokens sit in the prompt, which keep_end cuts; use keep_start"),
     "precompute_ref_log_probs": (True, "not supported for vision data; leave it false"),

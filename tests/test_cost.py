@@ -125,10 +125,14 @@ def test_the_gpus_are_those_the_sky_yamls_rent(tmp_path):
 
 
 def test_llava_next_7b_size_counted_on_its_architecture():
+    from entrypoint.models.architecture import describe
     from entrypoint.models.families import FAMILIES
     from entrypoint.models.published import full_config
+    from entrypoint.settings import load_settings
+    from entrypoint.train import lora_config
 
-    size = model_size(full_config("llava-next"), FAMILIES["llava-next"])
+    family = FAMILIES["llava-next"]
+    size = model_size(describe(full_config("llava-next"), family, lora_config(load_settings(), family)))
     # 7,566,747,648 in all; CLIP-L tower + projector 324,487,168; embeddings 32,064 x 4,096 = 131,334,144 left out
     assert (size.params, size.vision, size.decoder) == (7_566_747_648, 324_487_168, 7_110_926_336)
     assert (size.layers, size.attention_width) == (32, 4096)

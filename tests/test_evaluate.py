@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,7 +16,6 @@ from entrypoint.evaluate import (
     normalize_answer,
     task_accuracy,
     token_f1,
-    total_steps,
 )
 
 
@@ -77,11 +77,15 @@ def test_evaluation_during_training_follows_the_run_length(monkeypatch, tmp_path
 
 
 def test_total_steps_from_epochs(monkeypatch, tmp_path):
-    from entrypoint.train import dpo_config
+    from entrypoint.train import dpo_config, optimizer_steps
 
     config = _settings(monkeypatch, tmp_path, model="tiny:llava-next", dataset="sample:rlaif-v",
                        num_train_epochs="2", per_device_train_batch_size="4", gradient_accumulation_steps="2")
-    assert total_steps(dpo_config(config, tmp_path, "run"), train_pairs=33, world_size=2) == 2 * 3  # 16 a step
+    assert optimizer_steps(dpo_config(config, tmp_path, "run"), train_pairs=33, world_size=2) == 2 * 3  # 16 a step
+    # As transformers' Trainer counts them (its max_steps): ceil(epochs x steps an epoch), a short step counting.
+    plan = SimpleNamespace(max_steps=-1, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    assert optimizer_steps(SimpleNamespace(**vars(plan), num_train_epochs=3), train_pairs=10) == 9  # 3 batches x 3
+    assert optimizer_steps(SimpleNamespace(**vars(plan), num_train_epochs=0.5), train_pairs=10) == 2  # half of 3
 
 
 def test_comparison_labels_the_step_zero_rewards():

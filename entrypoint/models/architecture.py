@@ -35,6 +35,9 @@ class Architecture:
     vision_patches: int = 0  # patches (tokens) the vision tower sees per image tile or crop
     vision_states_kept: int = 0  # hidden states the tower's forward keeps (all of them to pick a feature layer)
     full_params: int = 0  # parameters trained in full (PEFT modules_to_save: DPO_TRAIN_PROJECTOR), beside LoRA's
+    vision_params: int = 0  # the vision modules (tower and projector)
+    decoder_params: int = 0  # the language model's matmul parameters: input embedding table out, LM head in
+    attention_width: int = 0  # query heads x head dim
 
 
 def build_model(config: Any, family: Family) -> Any:
@@ -84,6 +87,10 @@ def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
     quantized = sum(module.weight.numel() for name, module in model.named_modules()
                     if isinstance(module, torch.nn.Linear) and should_convert_module(name, family.keep_full_precision))
     params = sum(p.numel() for p in model.parameters())
+    vision_params = sum(p.numel() for name, p in model.named_parameters()
+                        if any(name.startswith(m + ".") for m in family.vision_modules))
+    embeddings, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    tied = head is not None and head.weight is embeddings
     adapted = with_lora(model, lora_config)
     full_params = sum(p.numel() for name, p in adapted.named_parameters()
                       if p.requires_grad and ".modules_to_save." in name)
@@ -103,5 +110,7 @@ def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
         vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1 if getattr(vision, "image_size", None) else 0,
         vision_states_kept=(vision.num_hidden_layers + 1 if hasattr(config, "vision_feature_layer") else 1)
         if vision else 0,
-        full_params=full_params)
+        full_params=full_params, vision_params=vision_params,
+        decoder_params=params - vision_params - (0 if tied else embeddings.numel()),
+        attention_width=heads * head_dim)
 
