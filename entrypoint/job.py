@@ -127,7 +127,7 @@ class RunResult:
         if self.metrics.get("comparison"):
             lines += ["base vs tuned (eval pairs):", *comparison_lines(self.metrics["comparison"])]
         for kind, record in self.published.items():
-            lines.append(f"  published ({kind}): {record.get('url') or record.get('uri') or record.get('to')}")
+            lines.append(f"  published ({kind}): {record.get('url') or record['to']}")  # the Hub's commit, or S3's URI
         return "\n".join(lines)
 
 

@@ -202,6 +202,12 @@ def _rate(per_second: float, unit: str) -> str:
     return f"{per_second / scale:,.1f} {name}/s"
 
 
+def _timing(elapsed: float, done: int, left: int) -> str:
+    """`3.1 s elapsed, ETA 9.8 s`: the time left for `left` more items at the pace of the `done` so far."""
+    eta = duration(elapsed * max(left, 0) / done) if done > 0 else "?"
+    return f"{duration(elapsed)} elapsed, ETA {eta}"
+
+
 class _ProgressLines:
     """The plain-line side of `progress`; thread-safe (boto3 reports bytes from its transfer threads)."""
 
@@ -222,9 +228,8 @@ class _ProgressLines:
             self.finished, self.last_line = self.finished or last, now
             elapsed = now - self.started
             percent = f" ({100 * self.done // self.total}%)" if self.total else ""
-            eta = duration(elapsed * max(self.total - self.done, 0) / self.done) if self.done > 0 else "?"
-            progress_log.info("%s: %s%s, %s elapsed, ETA %s", self.what, _amount(self.done, self.total, self.unit),
-                              percent, duration(elapsed), eta)
+            progress_log.info("%s: %s%s, %s", self.what, _amount(self.done, self.total, self.unit), percent,
+                              _timing(elapsed, self.done, self.total - self.done))
 
     def close(self) -> None:
         elapsed = self.clock() - self.started
@@ -298,10 +303,9 @@ def _progress_log_callback() -> type:
             where = f"step {state.global_step}/{state.max_steps}"
             if self.started is None or state.global_step <= self.started[1]:
                 return where
-            elapsed = self.clock() - self.started[0]
-            left = elapsed * (state.max_steps - state.global_step) / (state.global_step - self.started[1])
-            return (f"{where} ({100 * state.global_step // state.max_steps}%), {duration(elapsed)} elapsed, "
-                    f"ETA {duration(max(left, 0))}")
+            timing = _timing(self.clock() - self.started[0], state.global_step - self.started[1],
+                             state.max_steps - state.global_step)
+            return f"{where} ({100 * state.global_step // state.max_steps}%), {timing}"
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
             if state.is_world_process_zero and logs:

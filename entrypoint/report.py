@@ -11,15 +11,13 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-MISSING = "—"
+from entrypoint.evaluate import MISSING, number
 
 
 def _number(value: Any, sign: bool = False) -> str:
-    if value is None:
-        return MISSING
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float | None):
         return str(value)
-    return f"{value:+.4f}" if sign else f"{value:.4f}"  # as the card and the log show them
+    return f"{value:+.4f}" if sign and value is not None else number(value)  # as the card and the log show them
 
 
 def _value(value: Any) -> str:
