@@ -20,16 +20,24 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 
 install: $(VENV)/.installed $(SKY_VENV)/.installed browser
 
+comma := ,
+# $(call debian_packages,<shell test that they are there>,<Debian packages>,<what is missing, for the message>):
+# nothing when the test passes; else, as root, apt-get installs the packages; else a message naming them, and failure.
+define debian_packages
+{ $(1); } > /dev/null \
+	|| if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2); \
+	else \
+		echo "make $@: $(strip $(3)) (Debian: apt-get install -y $(2), as root)" >&2; \
+		exit 1; \
+	fi
+endef
+
 # tests/test_report.py opens report.html in a real headless browser: Debian's chromium, driven by Playwright
 # (whose own browser download is not used). Installed here when missing and root; otherwise, what to install.
 browser:
-	@command -v chromium > /dev/null || command -v chromium-browser > /dev/null || command -v google-chrome > /dev/null \
-		|| if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
-		else \
-			echo "make browser: no chromium on PATH; the report test needs one (Debian: apt-get install -y chromium, as root)" >&2; \
-			exit 1; \
-		fi
+	@$(call debian_packages,command -v chromium || command -v chromium-browser || command -v google-chrome,chromium,\
+		no chromium on PATH; the report test needs one)
 
 # The runtime lock minus the CUDA-only wheels (torch itself comes from TORCH_SPEC), then the test lock.
 build/requirements-cpu.lock: requirements.lock
@@ -95,13 +103,8 @@ image-smoke: image-tools
 
 # Debian's Docker engine and debootstrap (for the stand-in base), installed when missing and root, as `browser` does.
 image-tools:
-	@{ command -v docker && command -v dockerd && command -v debootstrap; } > /dev/null \
-		|| if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; \
-		else \
-			echo "make image-tools: needs docker, dockerd and debootstrap (Debian: apt-get install -y docker.io debootstrap, as root)" >&2; \
-			exit 1; \
-		fi
+	@$(call debian_packages,command -v docker && command -v dockerd && command -v debootstrap,docker.io debootstrap,\
+		needs docker$(comma) dockerd and debootstrap)
 
 # The job against `trl dpo` (TRL's CLI): same tiny LLaVA-NeXT, pairs and settings, 5 alternating runs each.
 bench: $(VENV)/.installed

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import yaml
+from loopback import answer, request_body
 
 TOKEN = "hf_canaryWriteToken0123"
 LFS_LIMIT = 10 * 2**20  # the Hub sends any file over 10 MiB through LFS, text or not
@@ -162,29 +163,10 @@ def serve(fake: FakeHub) -> Iterator[str]:
             pass
 
         def _answer(self) -> None:
-            body = self._body()
             request = httpx2.Request(self.command, f"{fake.url}{self.path}", headers=dict(self.headers.items()),
-                                     content=body)
+                                     content=request_body(self))
             response = fake(request)
-            content = response.read()
-            self.send_response(response.status_code)
-            for key, value in response.headers.items():
-                if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
-
-        def _body(self) -> bytes:
-            if "chunked" in self.headers.get("transfer-encoding", ""):
-                parts = []
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    parts.append(self.rfile.read(size))
-                    self.rfile.readline()
-                self.rfile.readline()
-                return b"".join(parts)
-            length = int(self.headers.get("content-length") or 0)
-            return self.rfile.read(length) if length else b""
+            answer(self, response.status_code, response.headers.items(), response.read())
 
         do_GET = do_POST = do_PUT = do_HEAD = _answer
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from loopback import answer, request_body
 from moto.server import ThreadedMotoServer
 
 
@@ -53,22 +54,8 @@ class FaultyProxy:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _body(self) -> bytes:
-                if "chunked" in self.headers.get("Transfer-Encoding", ""):
-                    body = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0], 16)
-                        chunk = self.rfile.read(size + 2)[:size]
-                        if not size:
-                            break
-                        body += chunk
-                    while self.rfile.readline() not in (b"\r\n", b""):
-                        pass
-                    return body
-                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
-
             def _forward(self) -> None:
-                body = self._body()
+                body = request_body(self)
                 started = proxy._event()
                 if self.command == "PUT" and proxy._should_fail():
                     if proxy.mode == "drop":
@@ -76,11 +63,7 @@ class FaultyProxy:
                         self.connection.close()
                         return
                     if proxy.mode == "500":
-                        payload = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-                        self.send_response(500)
-                        self.send_header("Content-Length", str(len(payload)))
-                        self.end_headers()
-                        self.wfile.write(payload)
+                        answer(self, 500, [], b"<Error><Code>InternalError</Code><Message>injected</Message></Error>")
                         return
                 if self.command == "PUT" and proxy.mode == "slow":
                     time.sleep(proxy.delay)
@@ -94,16 +77,9 @@ class FaultyProxy:
                 response = upstream.getresponse()
                 data = response.read()
                 proxy._record(self.command, self.path, started)
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
-                        self.send_header(key, value)
                 # A HEAD answer tells the object's length, not the (empty) body's.
-                length = response.getheader("Content-Length") if self.command == "HEAD" else len(data)
-                self.send_header("Content-Length", str(length))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                answer(self, response.status, response.getheaders(), data,
+                       length=response.getheader("Content-Length") if self.command == "HEAD" else None)
                 upstream.close()
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
