@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -25,11 +26,29 @@ def test_wandb_run_id_is_stable_per_run_name_and_valid():
     assert wandb_run_id("x" * 96) != wandb_run_id("x" * 95 + "y")  # long names differ in the hash, not the prefix
 
 
-def wandb_records(path: Path) -> list:
-    """The records of an offline run's .wandb file (LevelDB log format: 32 KiB blocks of chunks)."""
+def wandb_records(path: Path, timeout: float = 30.0) -> list:
+    """The records of a finished offline run's .wandb file, once its writer is done with it: wandb.finish() can
+    return before wandb-core has flushed the file, which then ends before its last records (the summary, the exit),
+    or in the middle of one. Waits, up to `timeout` seconds, for the file to end with the run's `exit` record."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _records(path.read_bytes())
+        except DecodeError:
+            records = []
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def _records(data: bytes) -> list:
+    """The records in a .wandb file's bytes (LevelDB log format: 32 KiB blocks of chunks)."""
     from wandb.proto import wandb_internal_pb2
 
-    data, records, pending, pos = path.read_bytes(), [], b"", 7  # 7-byte ":W&B" header
+    records, pending, pos = [], b"", 7  # 7-byte ":W&B" header
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # block trailer
             pos += 32768 - pos % 32768
