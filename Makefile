@@ -71,6 +71,7 @@ package-check: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check entrypoint tests bench scripts
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck scripts/*.sh .ci/run
 	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck
@@ -88,7 +89,7 @@ lock:
 
 # The settings reference and the image-token table in README.md, generated from the code.
 docs: $(VENV)/.installed
-	$(BIN)/python -m entrypoint.reference --write README.md
+	$(BIN)/python -m entrypoint.docs --write README.md
 
 # Needs a Docker engine (`make image-smoke` starts one as root).
 image:

@@ -194,15 +194,14 @@ def fresh_cache() -> Iterator[Path]:
 def run_ours(path: Path, processor: Any, num_proc: int) -> tuple[float, dict[str, Any]]:
     from entrypoint.data.budget import PairLengths
     from entrypoint.data.images import size_limit
-    from entrypoint.data.prepare import prepare
+    from entrypoint.data.prepare import DataSpec, RowRules, TokenBudget, prepare
     from entrypoint.models.families import FAMILIES
 
     limit, lengths = size_limit(processor.image_processor), PairLengths(processor, FAMILIES["llava-next"])
     with fresh_cache() as cache:
         started = time.perf_counter()
-        data = prepare(str(path), "train", fmt_name="auto", column_spec="", seed=0, max_samples=None,
-                       eval_fraction=0, max_eval_pairs=1, limit=limit, cache_dir=cache, pair_lengths=lengths,
-                       max_length=4096, num_proc=num_proc)
+        data = prepare(DataSpec(str(path), "train", num_proc=num_proc), cache, RowRules(limit=limit),
+                       TokenBudget(lengths, max_length=4096))
         seconds = time.perf_counter() - started
     return seconds, data.report
 

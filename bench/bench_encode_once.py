@@ -27,10 +27,10 @@ SETTINGS = {"qwen2.5-vl": {"DPO_IMAGE_MAX_PIXELS": "802816"}, "qwen3-vl": {"DPO_
 
 
 def trainer_for(family: str, once: bool, cache: Path, work: Path):
+    from entrypoint.config.settings import load_settings
     from entrypoint.data.stage import prepare_pairs
     from entrypoint.models.loading import load_model, load_processor, resolve_model
-    from entrypoint.settings import load_settings
-    from entrypoint.train import build_trainer, dpo_config
+    from entrypoint.training.trainer import build_trainer, dpo_config
 
     for key in {key for extra in SETTINGS.values() for key in extra}:  # one family's settings, not the last's
         os.environ.pop(key, None)

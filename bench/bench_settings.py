@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 1.0
-CODE = ("import time, sys; t = time.perf_counter(); from entrypoint.settings import load_settings; "
+CODE = ("import time, sys; t = time.perf_counter(); from entrypoint.config.settings import load_settings; "
         "load_settings(); print(time.perf_counter() - t, 'torch' in sys.modules)")
 
 

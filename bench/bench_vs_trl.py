@@ -102,10 +102,10 @@ def make_inputs(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The model directory, the dataset directory (splits `train` and `job`) and the CLI's LoRA targets."""
     import numpy as np
 
+    from entrypoint.config.settings import load_settings
     from entrypoint.data.stage import prepare_pairs
     from entrypoint.models.loading import load_processor, resolve_model
     from entrypoint.models.tiny import build_tiny
-    from entrypoint.settings import load_settings
 
     started = time.perf_counter()
     model_dir = build_tiny("llava-next", work / "model")
@@ -157,13 +157,13 @@ def _same_pairs(a: Any, b: Any) -> bool:
 
 
 def job_lora_targets(model_dir: Path, family: Any, args: argparse.Namespace) -> list[str]:
-    """The full names of the modules the job's LoRA config (train.lora_config) adapts on this model."""
+    """The full names of the modules the job's LoRA config (models/lora.py, lora_config) adapts on this model."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from entrypoint.settings import load_settings
-    from entrypoint.train import lora_config
+    from entrypoint.config.settings import load_settings
+    from entrypoint.models.lora import lora_config
 
     with patched_environ({"DPO_LORA_R": str(args.lora_r), "DPO_LORA_ALPHA": str(args.lora_alpha)}):
         config = lora_config(load_settings(), family)

@@ -10,18 +10,9 @@ import sys
 from entrypoint.errors import EXIT_BUG, EXIT_CONFIG, EXIT_OK, EXIT_PREEMPTED, ConfigError, Preempted
 
 
-def from_run_argument(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`--from-run RUN` or `--from-run=RUN`: (RUN, the other arguments); RUN is "" when missing."""
-    for i, arg in enumerate(argv):
-        if arg == "--from-run":
-            return (argv[i + 1] if i + 1 < len(argv) else ""), argv[:i] + argv[i + 2:]
-        if arg.startswith("--from-run="):
-            return arg.partition("=")[2], argv[:i] + argv[i + 1:]
-    return None, argv
-
-
 def main(argv: list[str]) -> int:
-    from entrypoint import reference
+    from entrypoint.config import reference
+    from entrypoint.run.rerun import from_run_argument
 
     from_run, argv = from_run_argument(argv)
     unknown = [a for a in argv if a not in ("--dry-run", "--help", "-h")]
@@ -42,14 +33,12 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
-        from entrypoint.job import run
+        from entrypoint.config.settings import load_settings, secret_setting_values
         from entrypoint.logs import setup_logging
-        from entrypoint.settings import load_settings, secret_setting_values
+        from entrypoint.run.rerun import announce, start
 
         recorded = None
         if from_run:  # the recorded run's settings, under any DPO_* variable set here
-            from entrypoint.rerun import announce, start
-
             recorded = start(from_run)
         settings = load_settings()
         setup_logging(settings.log_format, secret_setting_values(settings))
@@ -57,9 +46,11 @@ def main(argv: list[str]) -> int:
         if recorded:
             announce(recorded, settings, show=first_rank)
         if "--dry-run" in argv and first_rank:  # one table, not one a process
-            from entrypoint.presets import table
+            from entrypoint.config.origin import table
 
             print(table(settings), flush=True)
+        from entrypoint.job import run  # the stages' modules load once the settings are good
+
         result = run(settings, dry_run="--dry-run" in argv, recorded=recorded)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

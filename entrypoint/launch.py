@@ -104,14 +104,12 @@ def run_workers(command: list[str]) -> int:
 
 
 def main() -> int:
-    from entrypoint.__main__ import from_run_argument
-    from entrypoint.settings import load_settings
+    from entrypoint.config.settings import load_settings
+    from entrypoint.run.rerun import from_run_argument, start
 
     try:
         from_run, _ = from_run_argument(sys.argv[1:])
         if from_run:  # the recorded settings (DPO_DISTRIBUTED too), in the environment every worker inherits
-            from entrypoint.rerun import start
-
             start(from_run)
         settings = load_settings()  # a bad setting stops here, on every node, before any process starts
         check_strategy(settings.distributed)

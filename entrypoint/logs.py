@@ -23,12 +23,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cache
-from typing import Any
-
-from entrypoint.settings import SECRET_ENV_VARS
 
 MASK = "***"
+# Environment variables that hold credentials, by their standard names: masked wherever they appear.
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _LIBRARIES = ("transformers", "datasets")
 PROGRESS_EVERY = 10.0  # seconds between two plain progress lines
 progress_log = logging.getLogger("entrypoint.progress")
@@ -36,7 +35,7 @@ progress_log = logging.getLogger("entrypoint.progress")
 # Library warnings the job cannot fix at their cause: (message regex, category, module regex), each exact.
 _UNFIXABLE_WARNINGS = (
     # transformers 5 renamed gradient checkpointing to activation checkpointing, and the old model methods warn
-    # on every call. The job uses the new names (train.dpo_config); the calls left are the libraries':
+    # on every call. The job uses the new names (training/trainer.py, dpo_config); the calls left are the libraries':
     # TRL's `trl.models.utils.disable_gradient_checkpointing` (around the reference model's forward pass, every
     # training step and evaluation batch), PEFT's `PeftModel.__init__` (is_gradient_checkpointing) and
     # `prepare_model_for_kbit_training` (gradient_checkpointing_enable).
@@ -47,7 +46,8 @@ _UNFIXABLE_WARNINGS = (
 # Library log lines that are wrong for this job: (logger, start of the message).
 _MISLEADING_LOG_LINES = (
     # On resume, the Trainer warns that logging/eval/save steps differ from the checkpoint's and keeps the
-    # checkpoint's; the job applies this run's instead (checkpoints.CheckpointCallback.on_train_begin) and says so.
+    # checkpoint's; the job applies this run's instead (CheckpointCallback.on_train_begin, training/callbacks.py) and
+    # says so.
     ("transformers.trainer_utils", "Warning: The following arguments do not match the ones in the `trainer_state"),
 )
 
@@ -202,7 +202,7 @@ def _rate(per_second: float, unit: str) -> str:
     return f"{per_second / scale:,.1f} {name}/s"
 
 
-def _timing(elapsed: float, done: int, left: int) -> str:
+def timing(elapsed: float, done: int, left: int) -> str:
     """`3.1 s elapsed, ETA 9.8 s`: the time left for `left` more items at the pace of the `done` so far."""
     eta = duration(elapsed * max(left, 0) / done) if done > 0 else "?"
     return f"{duration(elapsed)} elapsed, ETA {eta}"
@@ -229,7 +229,7 @@ class _ProgressLines:
             elapsed = now - self.started
             percent = f" ({100 * self.done // self.total}%)" if self.total else ""
             progress_log.info("%s: %s%s, %s", self.what, _amount(self.done, self.total, self.unit), percent,
-                              _timing(elapsed, self.done, self.total - self.done))
+                              timing(elapsed, self.done, self.total - self.done))
 
     def close(self) -> None:
         elapsed = self.clock() - self.started
@@ -266,51 +266,3 @@ def progress(what: str, total: int, unit: str, *, every: float = PROGRESS_EVERY,
     lines = _ProgressLines(what, total, unit, every, clock)
     yield lines
     lines.close()
-
-
-def __getattr__(name: str) -> Any:
-    """`ProgressLogCallback` is made on first use, so that importing this module imports no trainer."""
-    if name == "ProgressLogCallback":
-        return _progress_log_callback()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@cache
-def _progress_log_callback() -> type:
-    from transformers import TrainerCallback
-
-    class ProgressLogCallback(TrainerCallback):
-        """One log line per logging step: step/max, and while training its share, the time since this process
-        began training and the time left at the pace so far (a resumed run counts from its first step here);
-        then loss, reward accuracy and margin, lr."""
-
-        KEYS = ("loss", "rewards/accuracies", "rewards/margins", "learning_rate", "eval_loss",
-                "eval_rewards/accuracies")
-
-        def __init__(self, clock: Callable[[], float] = time.monotonic):
-            self.clock = clock
-            self.started: tuple[float, int] | None = None  # (time, global step) when training began
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any):
-            self.started = (self.clock(), state.global_step)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
-            self.started = None
-
-        def _where(self, state: Any) -> str:
-            if not state.max_steps:
-                return "before training"
-            where = f"step {state.global_step}/{state.max_steps}"
-            if self.started is None or state.global_step <= self.started[1]:
-                return where
-            timing = _timing(self.clock() - self.started[0], state.global_step - self.started[1],
-                             state.max_steps - state.global_step)
-            return f"{where} ({100 * state.global_step // state.max_steps}%), {timing}"
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
-            if state.is_world_process_zero and logs:
-                shown = ", ".join(f"{k} {logs[k]:.4g}" for k in self.KEYS if isinstance(logs.get(k), int | float))
-                if shown:
-                    progress_log.info("%s: %s", self._where(state), shown)
-
-    return ProgressLogCallback

@@ -56,7 +56,7 @@ def completed_run(tmp_path_factory, cache: Path, name: str, **settings: str) -> 
 
 def settings_from(monkeypatch, **env: str):
     """The job's settings as `load_settings` reads them from these variables."""
-    from entrypoint.settings import load_settings
+    from entrypoint.config.settings import load_settings
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -90,16 +90,16 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
 @pytest.fixture
 def s3_endpoint(monkeypatch):
     """A fresh moto S3 server on loopback; boto3 (and the job's cached client) pointed at it. Yields its URL."""
-    from entrypoint import s3_client
+    from entrypoint.remote import s3
     from s3_server import moto_server
 
     with moto_server() as url:
         for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}.items():
             monkeypatch.setenv(key, value)
-        s3_client.client.cache_clear()
+        s3.client.cache_clear()
         yield url
-        s3_client.client.cache_clear()
+        s3.client.cache_clear()
 
 
 @pytest.fixture

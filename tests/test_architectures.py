@@ -10,13 +10,13 @@ import re
 import pytest
 import torch
 
+from entrypoint.config.settings import load_settings
 from entrypoint.errors import ConfigError
 from entrypoint.models.architecture import describe, meta_model, with_lora
 from entrypoint.models.families import FAMILIES
+from entrypoint.models.lora import lora_config
 from entrypoint.models.published import PUBLISHED, full_config
 from entrypoint.models.shapes import build_shapes
-from entrypoint.settings import load_settings
-from entrypoint.train import lora_config
 
 FAMILY_NAMES = tuple(PUBLISHED)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from entrypoint.card import render
+from entrypoint.config.settings import load_settings
 from entrypoint.models.families import FAMILIES
 from entrypoint.models.loading import ModelRef
-from entrypoint.settings import load_settings
+from entrypoint.results.card import render
 
 METRICS = {"train": {"global_step": 3}, "eval_before": {"loss": 0.69}, "eval_after": {"loss": 0.6}}
 REPORT = {"train_pairs": 9, "eval_pairs": 1, "format": "rlaif-v"}

@@ -129,7 +129,7 @@ def test_the_smoke_build_swaps_only_the_base_image():
 
 
 def test_the_smoke_check_of_the_run_directory_catches_a_changed_or_missing_file(tmp_path):
-    from entrypoint.outputs import write_manifest
+    from entrypoint.run.outputs import write_manifest
 
     smoke = _smoke()
     run = tmp_path / "run"

@@ -1,5 +1,5 @@
-"""What a real run costs (entrypoint/cost.py): the FLOP formula on hand-computed numbers, the run's pairs from the
-data, measured throughput taking precedence over the estimate, and the table a --dry-run prints."""
+"""What a real run costs (entrypoint/planning/cost.py): the FLOP formula on hand-computed numbers, the run's pairs
+from the data, measured throughput taking precedence over the estimate, and the table a --dry-run prints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT, job_env, run_job
-from entrypoint.cost import (
+from entrypoint.planning.cost import (
     GPUS,
     MFU,
     ModelSize,
@@ -125,11 +125,11 @@ def test_the_gpus_are_those_the_sky_yamls_rent(tmp_path):
 
 
 def test_llava_next_7b_size_counted_on_its_architecture():
+    from entrypoint.config.settings import load_settings
     from entrypoint.models.architecture import describe
     from entrypoint.models.families import FAMILIES
+    from entrypoint.models.lora import lora_config
     from entrypoint.models.published import full_config
-    from entrypoint.settings import load_settings
-    from entrypoint.train import lora_config
 
     family = FAMILIES["llava-next"]
     size = model_size(describe(full_config("llava-next"), family, lora_config(load_settings(), family)))

@@ -11,10 +11,10 @@ FAMILIES = ["llava-next", "idefics2", "qwen2.5-vl", "qwen3-vl", "gemma3"]
 
 
 def _trainer(monkeypatch, cache_dir, tmp_path, family, **settings):
+    from entrypoint.config.settings import load_settings
     from entrypoint.data.stage import prepare_pairs
     from entrypoint.models.loading import load_model, load_processor, resolve_model
-    from entrypoint.settings import load_settings
-    from entrypoint.train import build_trainer, dpo_config
+    from entrypoint.training.trainer import build_trainer, dpo_config
 
     env = job_env(cache_dir, tmp_path, model=f"tiny:{family}", dataset="sample:rlaif-v", lora_dropout="0",
                   quantization="none", **settings)

@@ -8,15 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import job_env
-from entrypoint.evaluate import (
-    Preference,
-    closed_correct,
-    comparison,
-    eval_schedule,
-    normalize_answer,
-    task_accuracy,
-    token_f1,
-)
+from entrypoint.evaluation.answers import closed_correct, normalize_answer, task_accuracy, token_f1
+from entrypoint.evaluation.comparison import comparison
+from entrypoint.evaluation.evaluate import Preference
+from entrypoint.planning.schedule import eval_schedule
 
 
 def test_answers_are_compared_after_normalising_case_punctuation_and_articles():
@@ -50,7 +45,7 @@ def test_preference_accuracy_counts_ties_as_not_preferred():
 
 
 def _settings(monkeypatch, tmp_path, **settings):
-    from entrypoint.settings import load_settings
+    from entrypoint.config.settings import load_settings
 
     for key, value in job_env(tmp_path, tmp_path, **settings).items():
         if key.startswith("DPO_"):
@@ -66,7 +61,7 @@ def _settings(monkeypatch, tmp_path, **settings):
     ({"max_steps": "40", "eval_strategy": "no"}, None),  # the user's choice stands
 ])
 def test_evaluation_during_training_follows_the_run_length(monkeypatch, tmp_path, settings, expected):
-    from entrypoint.train import dpo_config
+    from entrypoint.training.trainer import dpo_config
 
     config = _settings(monkeypatch, tmp_path, model="tiny:llava-next", dataset="sample:rlaif-v", **settings)
     args = dpo_config(config, tmp_path, "run")
@@ -77,7 +72,8 @@ def test_evaluation_during_training_follows_the_run_length(monkeypatch, tmp_path
 
 
 def test_total_steps_from_epochs(monkeypatch, tmp_path):
-    from entrypoint.train import dpo_config, optimizer_steps
+    from entrypoint.planning.schedule import optimizer_steps
+    from entrypoint.training.trainer import dpo_config
 
     config = _settings(monkeypatch, tmp_path, model="tiny:llava-next", dataset="sample:rlaif-v",
                        num_train_epochs="2", per_device_train_batch_size="4", gradient_accumulation_steps="2")
@@ -106,10 +102,10 @@ def test_comparison_labels_the_step_zero_rewards():
 
 @pytest.fixture(scope="module")
 def trainer_and_pairs(tmp_path_factory, cache_dir):
+    from entrypoint.config.settings import load_settings
     from entrypoint.data.stage import prepare_pairs
     from entrypoint.models.loading import load_model, load_processor, resolve_model
-    from entrypoint.settings import load_settings
-    from entrypoint.train import build_trainer, dpo_config
+    from entrypoint.training.trainer import build_trainer, dpo_config
 
     tmp = tmp_path_factory.mktemp("evaluate")
     with pytest.MonkeyPatch.context() as patch:
@@ -138,7 +134,7 @@ def _with_answers(pairs, chosen, rejected):
 
 
 def _preference(trainer, pairs):
-    from entrypoint.evaluate import likelihood_preference
+    from entrypoint.evaluation.evaluate import likelihood_preference
 
     trainer.eval_dataset = pairs
     return likelihood_preference(trainer)
@@ -172,7 +168,8 @@ def test_identical_answers_give_no_gap_and_no_preference(trainer_and_pairs):
 def test_the_models_own_greedy_answer_is_preferred_and_scores_full_marks(trainer_and_pairs):
     """Chosen = the base model's greedy answer: its likelihood beats an unrelated answer on every pair, and as
     the reference answer it gives task accuracy 1 (the base) by the same scoring the job reports."""
-    from entrypoint.evaluate import base_and_tuned, greedy_answers
+    from entrypoint.evaluation.answers import greedy_answers
+    from entrypoint.evaluation.evaluate import base_and_tuned
 
     trainer, processor, pairs = trainer_and_pairs
     pairs = pairs.select(range(4))

@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from entrypoint.data.images import (
-    JPEG_QUALITY,
-    MIN_SIDE,
-    CleanImage,
-    ImageProblem,
-    SizeLimit,
-    load_image,
-    to_rgb,
-)
+from entrypoint.data.images import JPEG_QUALITY, MIN_SIDE, CleanImage, ImageProblem, SizeLimit, load_image, to_rgb
 
 NO_LIMIT = SizeLimit()
 

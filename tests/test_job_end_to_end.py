@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import completed_run, job_env, run_job
-from entrypoint.outputs import sha256_file
+from entrypoint.run.outputs import sha256_file
 
 DEMO = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="6",
             per_device_train_batch_size="4", gradient_accumulation_steps="1", learning_rate="5e-3",
@@ -168,7 +168,7 @@ def test_a_folder_only_another_user_may_write_names_the_setting_and_the_fix(tmp_
     import tempfile
 
     from entrypoint.errors import ConfigError
-    from entrypoint.outputs import check_writable
+    from entrypoint.run.outputs import check_writable
 
     top = Path(tempfile.mkdtemp(dir="/tmp"))
     top.chmod(0o755)

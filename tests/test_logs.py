@@ -11,7 +11,8 @@ import pytest
 
 from conftest import job_env, run_job, settings_from
 from entrypoint import logs
-from entrypoint.logs import ProgressLogCallback, progress, setup_logging
+from entrypoint.logs import progress, setup_logging
+from entrypoint.training.callbacks import ProgressLogCallback
 
 PROGRESS = "entrypoint.progress"
 
@@ -149,7 +150,7 @@ def test_transformers_checkpointing_renames_called_by_trl_and_peft_are_filtered(
 def test_dpo_config_uses_activation_checkpointing_without_a_warning(monkeypatch, tmp_path):
     from trl import DPOConfig  # noqa: F401 - imported first: importing it may warn, and that is not tested here
 
-    from entrypoint.train import dpo_config
+    from entrypoint.training.trainer import dpo_config
 
     for env, expected in (({}, True), ({"DPO_GRADIENT_CHECKPOINTING": "false"}, False),
                           ({"DPO_ACTIVATION_CHECKPOINTING": "false", "DPO_GRADIENT_CHECKPOINTING": "true"}, False)):
@@ -168,9 +169,9 @@ def test_dpo_config_uses_activation_checkpointing_without_a_warning(monkeypatch,
 def test_s3_upload_logs_bytes_and_files(plain, caplog, tmp_path, monkeypatch):
     import boto3
 
-    from entrypoint import s3_client
-    from entrypoint.outputs import write_manifest
-    from entrypoint.publish.s3_upload import upload_run
+    from entrypoint.publish.s3 import upload_run
+    from entrypoint.remote import s3
+    from entrypoint.run.outputs import write_manifest
     from s3_server import moto_server
 
     (tmp_path / "adapter").mkdir()
@@ -181,11 +182,11 @@ def test_s3_upload_logs_bytes_and_files(plain, caplog, tmp_path, monkeypatch):
         for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL_S3", url)):
             monkeypatch.setenv(key, value)
-        s3_client.client.cache_clear()
+        s3.client.cache_clear()
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket="runs")
         with caplog.at_level(logging.INFO):
             upload_run(tmp_path, "s3://runs/p")
-        s3_client.client.cache_clear()
+        s3.client.cache_clear()
     progress_lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS]
     assert re.fullmatch(r"s3: upload to s3://runs/p: 3\.0/3\.0 MiB \(100%\), .* elapsed, ETA 0\.0 s", progress_lines[0])
     assert progress_lines[-1].startswith("s3: upload to s3://runs/p: 3.0/3.0 MiB in ")

@@ -9,7 +9,7 @@ import pytest
 from test_job_end_to_end import DEMO
 
 from conftest import completed_run, job_env, run_job
-from entrypoint.outputs import sha256_file
+from entrypoint.run.outputs import sha256_file
 
 # merged/ (bf16 weights, loaded in fp32) against the base loaded as training loaded it (4-bit), dequantized, with
 # the adapter applied by PEFT (not merged), on one processed eval pair: the only difference is the bf16 rounding
@@ -106,8 +106,8 @@ def test_the_card_says_how_to_load_the_adapter_and_the_merged_model(merged_run):
 def test_s3_gets_the_merged_model_with_the_run(merged_run, monkeypatch):
     import boto3
 
-    from entrypoint import s3_client
-    from entrypoint.publish.s3_upload import upload_run
+    from entrypoint.publish.s3 import upload_run
+    from entrypoint.remote import s3
     from s3_server import moto_server
 
     output, _ = merged_run
@@ -115,13 +115,13 @@ def test_s3_gets_the_merged_model_with_the_run(merged_run, monkeypatch):
         for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL_S3", url)):
             monkeypatch.setenv(key, value)
-        s3_client.client.cache_clear()
+        s3.client.cache_clear()
         client = boto3.client("s3", endpoint_url=url)
         client.create_bucket(Bucket="runs")
         try:
             upload_run(output, "s3://runs/merged-run")
         finally:
-            s3_client.client.cache_clear()
+            s3.client.cache_clear()
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="runs")["Contents"]}
     assert "merged-run/merged/model.safetensors" in keys and "merged-run/merged/config.json" in keys
     assert "merged-run/adapter/adapter_model.safetensors" in keys and "merged-run/manifest.json" in keys
@@ -143,13 +143,13 @@ def test_a_gpu_the_merge_does_not_fit_is_refused_before_training(monkeypatch, ca
     """LLaVA-NeXT 7B in bf16 is ~14 GiB: a 12 GiB GPU can train it in 4-bit but cannot merge it."""
     import logging
 
+    from entrypoint.config.settings import load_settings
     from entrypoint.errors import ConfigError
     from entrypoint.models.architecture import describe
     from entrypoint.models.families import FAMILIES
+    from entrypoint.models.lora import lora_config
     from entrypoint.models.published import full_config
-    from entrypoint.plan import _check_merge, merge_gib
-    from entrypoint.settings import load_settings
-    from entrypoint.train import lora_config
+    from entrypoint.planning.memory import _check_merge, merge_gib
 
     family = FAMILIES["llava-next"]
     monkeypatch.setenv("DPO_MERGE", "true")

@@ -139,9 +139,9 @@ def test_fsdp_wraps_the_layers_of_every_family(family, cache_dir):
     from accelerate.utils import FullyShardedDataParallelPlugin
     from peft import get_peft_model
 
+    from entrypoint.config.settings import load_settings
     from entrypoint.models.loading import load_model, resolve_model
-    from entrypoint.settings import load_settings
-    from entrypoint.train import lora_config
+    from entrypoint.models.lora import lora_config
 
     fsdp = yaml.safe_load((CONFIG_DIR / "fsdp_qlora.yaml").read_text())["fsdp_config"]
     ref = resolve_model(f"tiny:{family}", "auto", None, cache_dir)

@@ -10,13 +10,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from entrypoint.config.settings import load_settings
 from entrypoint.errors import ConfigError
 from entrypoint.models.architecture import describe, load_config
 from entrypoint.models.families import FAMILIES
+from entrypoint.models.lora import lora_config
 from entrypoint.models.published import full_config
-from entrypoint.plan import GIB, Workload, plan_memory
-from entrypoint.settings import load_settings
-from entrypoint.train import lora_config
+from entrypoint.planning.memory import GIB, Workload, plan_memory
 
 
 def _arch(config, family="llava-next"):
@@ -92,14 +92,14 @@ def full_size_model_dir(tmp_path, cache_dir):
 
 
 def test_a_gpu_the_plan_does_not_fit_is_refused_naming_the_settings(full_size_model_dir, monkeypatch, caplog):
-    import entrypoint.plan
+    import entrypoint.planning.memory
     from entrypoint.models.loading import ModelRef, load_processor
-    from entrypoint.plan import check_memory
+    from entrypoint.planning.memory import check_memory
 
     model = ModelRef(str(full_size_model_dir), FAMILIES["llava-next"])
     report = {"tokens": {"pair_tokens": {"p95": 2300, "max": 2400}, "answer_tokens": {"p95": 20},
                          "image_tokens_per_image": {"images": 10}, "pairs_measured": 10}}
-    monkeypatch.setattr(entrypoint.plan, "device_memory_gib", lambda: 12.0)
+    monkeypatch.setattr(entrypoint.planning.memory, "device_memory_gib", lambda: 12.0)
     monkeypatch.setenv("DPO_PER_DEVICE_TRAIN_BATCH_SIZE", "4")
     with pytest.raises(ConfigError) as caught:
         check_memory(load_settings(), model, load_processor(model), report)
@@ -117,10 +117,10 @@ def test_qwen_plan_sizes_the_tower_by_the_processors_pixel_budget_and_names_it(t
     """Qwen2.5-VL's tower sees max_pixels / 14^2 patches an image, decided by the processor: 65,536 at the published
     12,845,056 pixels, 1,024 at DPO_IMAGE_MAX_PIXELS=200704. The plan says which, and on a GPU it does not fit the
     refusal names DPO_IMAGE_MAX_PIXELS with a value."""
-    import entrypoint.plan
+    import entrypoint.planning.memory
     from entrypoint.models.loading import ModelRef, load_processor
     from entrypoint.models.shapes import build_shapes
-    from entrypoint.plan import check_memory, plan_for_run
+    from entrypoint.planning.memory import check_memory, plan_for_run
 
     model_dir = tmp_path / "qwen2.5-vl-7b"  # Qwen2.5-VL-7B's config.json beside the published processor files
     shutil.copytree(build_shapes("qwen2.5-vl", cache_dir / "shapes" / "qwen2.5-vl"), model_dir)
@@ -133,7 +133,7 @@ def test_qwen_plan_sizes_the_tower_by_the_processors_pixel_budget_and_names_it(t
     assert (published[0].vision_patches, capped[0].vision_patches) == (65536, 1024)
     # the same pairs (report): only the tower's share differs, 4 images of 65,536 patches at 1,280 wide in fp32
     assert published[1].activations > capped[1].activations and published[1].weights == capped[1].weights
-    monkeypatch.setattr(entrypoint.plan, "device_memory_gib", lambda: 12.0)
+    monkeypatch.setattr(entrypoint.planning.memory, "device_memory_gib", lambda: 12.0)
     with caplog.at_level(logging.INFO, logger="entrypoint"), pytest.raises(ConfigError) as caught:
         check_memory(load_settings(), model, load_processor(model), report)
     assert "images: at most 12,845,056 pixels each (the checkpoint's own; DPO_IMAGE_MAX_PIXELS lowers it): up to " \
@@ -149,8 +149,8 @@ def test_qwen_plan_sizes_the_tower_by_the_processors_pixel_budget_and_names_it(t
     ({"DPO_GRADIENT_CHECKPOINTING": "false", "DPO_ACTIVATION_CHECKPOINTING": "true"}, True),
 ])
 def test_the_plan_counts_checkpointing_as_the_trainer_resolves_it(monkeypatch, tmp_path, env, expected):
-    from entrypoint.plan import checkpointing
-    from entrypoint.train import dpo_config
+    from entrypoint.planning.memory import checkpointing
+    from entrypoint.training.trainer import dpo_config
 
     for key, value in {"DPO_MODEL": "tiny:llava-next", "DPO_DATASET": "sample:rlaif-v", **env}.items():
         monkeypatch.setenv(key, value)

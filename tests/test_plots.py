@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from entrypoint.plots import write_plots
+from entrypoint.results.plots import write_plots
 
 HISTORY = [{"step": s, "loss": 0.7 - s / 100, "rewards/accuracies": s / 10, "rewards/margins": s / 50,
             "rewards/chosen": s / 40, "rewards/rejected": -s / 40, "learning_rate": 1e-5} for s in range(1, 8)]

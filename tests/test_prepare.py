@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 
 import datasets
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from conftest import job_env, run_job
 from entrypoint.data.images import SizeLimit
-from entrypoint.data.prepare import RowRules, prepare, processes_for
+from entrypoint.data.prepare import DataSpec, RowRules, prepare, processes_for
 from entrypoint.errors import ConfigError
 
 S = datasets.Value("string")
@@ -64,10 +65,10 @@ def messy(tmp_path_factory):
     return path
 
 
-def run(path, tmp_path, rules=LENIENT, **kwargs):
-    options = dict(fmt_name="auto", column_spec="", seed=0, max_samples=None, eval_fraction=0.25, max_eval_pairs=8,
-                   limit=LIMIT, cache_dir=tmp_path, rules=rules) | kwargs
-    return prepare(str(path), "train", **options)
+def run(path, tmp_path, rules=LENIENT, **spec):
+    """The pipeline on `path` with a quarter held out; `spec`: DataSpec fields to change."""
+    spec = DataSpec(str(path), "train", **{"eval_fraction": 0.25, "max_eval_pairs": 8, **spec})
+    return prepare(spec, tmp_path, replace(rules, limit=LIMIT))
 
 
 def test_every_bad_row_is_skipped_counted_and_named_and_every_row_accounted_for(messy, tmp_path):

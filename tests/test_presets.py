@@ -11,8 +11,9 @@ from fnmatch import fnmatch
 import pytest
 
 from conftest import ROOT, error_from, job_env, run_job, settings_from
-from entrypoint import presets
-from entrypoint.settings import trainer_overrides
+from entrypoint.config import presets
+from entrypoint.config.origin import sources as setting_sources
+from entrypoint.config.settings import Settings, trainer_overrides
 
 MPO = {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}
 # What each recipe is for, checked value by value.
@@ -52,7 +53,7 @@ def test_every_preset_loads_validates_and_makes_a_dpo_config(monkeypatch, tmp_pa
     header = [line for line in text.splitlines() if line.startswith("#")]
     assert len(header) >= 2 and presets.summary(name)  # what it is for, and where its values come from
     settings = settings_from(monkeypatch, DPO_PRESET=name)
-    written = presets.read(name)
+    written = presets.read(name, Settings.model_fields)
     assert written and settings.preset == name
     for key, value in written.items():
         assert getattr(settings, key) == value, key
@@ -79,7 +80,7 @@ def test_preset_files_ship_with_the_package():
 
 
 def test_help_lists_the_presets():
-    from entrypoint import reference
+    from entrypoint.config import reference
 
     help_text = reference.text()
     assert all(f"  {name}: {presets.summary(name)}" in help_text for name in presets.names())
@@ -94,7 +95,7 @@ def test_environment_overrides_the_preset_which_overrides_the_defaults(monkeypat
     assert settings.learning_rate == 1e-4 and settings.model == "tiny:idefics2"  # env
     assert settings.gradient_accumulation_steps == 4 and settings.num_train_epochs == 1  # preset
     assert settings.beta == 0.1 and settings.lora_r == 16  # defaults
-    sources = presets.sources(settings)
+    sources = setting_sources(settings)
     assert (sources["learning_rate"], sources["gradient_accumulation_steps"], sources["lora_r"]) == (
         "env", "preset idefics2-rlaif-v", "default")
 
@@ -170,8 +171,9 @@ def test_dry_run_prints_each_setting_with_where_it_came_from(tmp_path, cache_dir
     ('["sigmoid","bco_pair","sft"]', "[0.8, 0.2, 1]"),
 ])
 def test_loss_mixes_reach_the_jobs_dpo_config_as_typed_lists(monkeypatch, tmp_path, loss_type, loss_weights):
-    from entrypoint.job import run_paths, training_args
+    from entrypoint.job import training_args
     from entrypoint.models.families import FAMILIES
+    from entrypoint.run.paths import run_paths
 
     settings = settings_from(monkeypatch, DPO_LOSS_TYPE=loss_type, DPO_LOSS_WEIGHTS=loss_weights,
                              DPO_OUTPUT_DIR=str(tmp_path))
@@ -191,7 +193,7 @@ def test_known_losses_are_the_ones_dpo_trainer_computes():
     import importlib.util
     from pathlib import Path
 
-    from entrypoint.trainer_fields import dpo_config_fields
+    from entrypoint.config.trainer_fields import dpo_config_fields
 
     trainer = Path(importlib.util.find_spec("trl").origin).parent / "trainer" / "dpo_trainer.py"
     computed = set(re.findall(r'loss_type == "(\w+)"', trainer.read_text()))

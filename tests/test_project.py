@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint import reference
+from entrypoint import docs
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "wandb",
@@ -25,10 +25,10 @@ def test_readme_opens_with_the_two_setup_commands():
 
 
 @pytest.mark.parametrize(("start", "end", "generate"), [
-    (reference.START, reference.END, reference.markdown),  # the settings, from their declaration
-    (reference.TOKENS_START, reference.TOKENS_END, reference.image_token_markdown),  # measured, published processors
-    (reference.FORMATS_START, reference.FORMATS_END, reference.formats_markdown),  # the format registry
-    (reference.PRESETS_START, reference.PRESETS_END, reference.presets_markdown),  # the preset files
+    (docs.START, docs.END, docs.markdown),  # the settings, from their declaration
+    (docs.TOKENS_START, docs.TOKENS_END, docs.image_token_markdown),  # measured, published processors
+    (docs.FORMATS_START, docs.FORMATS_END, docs.formats_markdown),  # the format registry
+    (docs.PRESETS_START, docs.PRESETS_END, docs.presets_markdown),  # the preset files
 ], ids=["settings", "image-tokens", "formats", "presets"])
 def test_readme_generated_blocks_are_current(start, end, generate):
     block = (ROOT / "README.md").read_text().split(start, 1)[1].split(end, 1)[0]
@@ -59,3 +59,29 @@ def test_code_passes_ruff():
     result = subprocess.run([str(ruff), "check", "entrypoint", "tests", "bench", "scripts"], cwd=ROOT,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_imports_follow_the_stages():
+    """import-linter's contracts in pyproject.toml: each folder imports only the ones below it, and no modules of
+    a folder import each other in a circle. An upward import or a circle fails here, naming the import chain."""
+    import subprocess
+    import sys
+
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 kept, 0 broken" in result.stdout
+
+
+def test_no_import_circle_among_the_modules():
+    """Beyond what the contracts check folder by folder: no two modules anywhere in the package reach each other
+    through imports, function-level ones included."""
+    import grimp
+
+    graph = grimp.build_graph("entrypoint")
+    modules = sorted(graph.modules)
+    circles = [(a, b) for i, a in enumerate(modules) for b in modules[i + 1:]
+               if graph.find_shortest_chain(a, b) and graph.find_shortest_chain(b, a)
+               and not (a.startswith(b + ".") or b.startswith(a + "."))]
+    assert not circles, circles[:5]

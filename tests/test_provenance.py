@@ -16,10 +16,12 @@ import yaml
 from test_tracking import logged_config, wandb_records
 
 from conftest import ROOT, completed_run, job_env, run_job, settings_from
-from entrypoint import provenance, rerun
+from entrypoint.config.names import REDACTED
+from entrypoint.config.settings import public_dict
 from entrypoint.errors import ConfigError
-from entrypoint.outputs import sha256_file
-from entrypoint.settings import REDACTED, public_dict
+from entrypoint.run import record as run_record
+from entrypoint.run import rerun
+from entrypoint.run.outputs import sha256_file
 
 DEMO = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="4",
             per_device_train_batch_size="4", gradient_accumulation_steps="1", learning_rate="5e-3",
@@ -72,7 +74,7 @@ def test_the_manifest_records_model_data_code_environment_and_seed(demo_run, cac
     record = recorded_provenance(demo_run)
     model = record["model"]
     assert model["id"] == "tiny:llava-next" and model["revision"] is None
-    assert model["content"]["sha256"] == provenance.directory_content(cache_dir / "tiny" / "llava-next")["sha256"]
+    assert model["content"]["sha256"] == run_record.directory_content(cache_dir / "tiny" / "llava-next")["sha256"]
     assert model["content"]["hashed"] == "every file whole" and model["content"]["files"] >= 5
     data = record["dataset"]
     sample = next((cache_dir / "samples").glob("rlaif-v-48-*.parquet"))
@@ -152,7 +154,7 @@ def test_recorded_settings_round_trip_through_the_environment_and_the_environmen
         {k: was[k] for k in now if k not in rerun.NOT_REAPPLIED | {"learning_rate"}}
     assert "DPO_LEARNING_RATE: recorded 0.005, now 0.0001" in rerun.differences(recorded, settings)
     with pytest.raises(ConfigError, match="the recorded run's own directory"):
-        rerun.check_destination(recorded, settings_from(monkeypatch, DPO_OUTPUT_DIR=str(demo_run)))
+        rerun.refuse_recorded_dirs(recorded, settings_from(monkeypatch, DPO_OUTPUT_DIR=str(demo_run)))
 
 
 def test_secrets_are_never_re_applied_and_hub_revisions_are_pinned(monkeypatch):
@@ -174,7 +176,7 @@ def test_secrets_are_never_re_applied_and_hub_revisions_are_pinned(monkeypatch):
 
 def test_a_different_package_version_is_a_warning(demo_run):
     recorded = rerun.read(str(demo_run))
-    recorded.provenance["code"]["packages"]["trl"] = "0.0.1"
+    recorded.run_record["code"]["packages"]["trl"] = "0.0.1"
     assert "warning: trl: recorded 0.0.1, now " + metadata.version("trl") in rerun.code_warnings(recorded, None)
 
 
@@ -182,26 +184,26 @@ def test_hub_commits_come_from_the_download_path_or_the_cache_refs(tmp_path, mon
     from huggingface_hub import constants
 
     snapshot = tmp_path / "models--org--m" / "snapshots" / ("c" * 40) / "config.json"
-    assert provenance.snapshot_commit(snapshot) == "c" * 40 and provenance.snapshot_commit(tmp_path / "x") is None
+    assert run_record.snapshot_commit(snapshot) == "c" * 40 and run_record.snapshot_commit(tmp_path / "x") is None
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     (tmp_path / "datasets--org--data" / "refs").mkdir(parents=True)
     (tmp_path / "datasets--org--data" / "refs" / "main").write_text("d" * 40)
-    assert provenance.hub_commit("dataset", "org/data", None) == "d" * 40
-    assert provenance.hub_commit("dataset", "org/other", None) is None
+    assert run_record.hub_commit("dataset", "org/data", None) == "d" * 40
+    assert run_record.hub_commit("dataset", "org/other", None) is None
 
 
 def test_a_large_model_directory_is_hashed_by_sampling_its_weights(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{}")
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(bytes(3 * 2**20))
-    monkeypatch.setattr(provenance, "FULL_HASH_MAX_BYTES", 2**20)
-    first = provenance.directory_content(tmp_path)
+    monkeypatch.setattr(run_record, "FULL_HASH_MAX_BYTES", 2**20)
+    first = run_record.directory_content(tmp_path)
     assert first["hashed"].startswith("weights sampled")
     with weights.open("r+b") as handle:  # a byte in the middle changes
         handle.seek(3 * 2**19)
         handle.write(b"\1")
-    assert provenance.directory_content(tmp_path)["sha256"] != first["sha256"]
+    assert run_record.directory_content(tmp_path)["sha256"] != first["sha256"]
 
 
 def test_the_pairs_fingerprint_follows_order_texts_and_image_bytes():
@@ -218,12 +220,12 @@ def test_the_pairs_fingerprint_follows_order_texts_and_image_bytes():
                                                                  "content": datasets.Value("string")}),
                                         "images": datasets.List(datasets.Image())}))
 
-    base = provenance.pairs_fingerprint(pairs(["a", "b"], [b"x", b"y"]))
+    base = run_record.pairs_fingerprint(pairs(["a", "b"], [b"x", b"y"]))
     assert base["pairs"] == 2
-    assert base == provenance.pairs_fingerprint(pairs(["a", "b"], [b"x", b"y"]))
+    assert base == run_record.pairs_fingerprint(pairs(["a", "b"], [b"x", b"y"]))
     for other in (pairs(["b", "a"], [b"y", b"x"]), pairs(["a", "c"], [b"x", b"y"]), pairs(["a", "b"], [b"x", b"z"])):
-        assert provenance.pairs_fingerprint(other)["sha256"] != base["sha256"]
-    assert provenance.pairs_fingerprint(pairs(["a", "b"], [b"x", b"y"]).select([1, 0]))["sha256"] != base["sha256"]
+        assert run_record.pairs_fingerprint(other)["sha256"] != base["sha256"]
+    assert run_record.pairs_fingerprint(pairs(["a", "b"], [b"x", b"y"]).select([1, 0]))["sha256"] != base["sha256"]
 
 
 def test_s3_data_is_recorded_by_etag_and_a_run_is_read_back_from_s3(demo_run, bucket):
@@ -231,11 +233,11 @@ def test_s3_data_is_recorded_by_etag_and_a_run_is_read_back_from_s3(demo_run, bu
     bucket.put_object(Bucket="data", Key="sets/rlx/other.parquet", Body=b"not this folder")
     for name in ("manifest.json", "config.json"):
         bucket.upload_file(str(demo_run / name), "data", f"runs/demo/{name}")
-    assert provenance.s3_objects("s3://data/sets/rl") == [
+    assert run_record.s3_objects("s3://data/sets/rl") == [
         {"key": "sets/rl/part-0.parquet", "size": 4, "etag": hashlib.md5(b"rows").hexdigest()}]
     for where in ("s3://data/runs/demo/manifest.json", "s3://data/runs/demo"):
         recorded = rerun.read(where)
         assert recorded.config == json.loads((demo_run / "config.json").read_text())
-        assert recorded.run_dir is None and recorded.provenance == recorded_provenance(demo_run)
+        assert recorded.run_dir is None and recorded.run_record == recorded_provenance(demo_run)
     with pytest.raises(ConfigError, match="cannot read s3://data/runs/gone/manifest.json"):
         rerun.read("s3://data/runs/gone/manifest.json")

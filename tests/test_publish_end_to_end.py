@@ -16,7 +16,7 @@ import fake_hub
 import pytest
 
 from conftest import ROOT, completed_run, job_env, run_job, start_job, wait_for
-from entrypoint import checkpoints
+from entrypoint.run import checkpoints
 from s3_server import FaultyProxy, moto_server
 
 BUCKET = "dpo-runs"

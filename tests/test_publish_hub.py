@@ -14,7 +14,7 @@ from huggingface_hub import constants
 from huggingface_hub.utils import _http
 
 from entrypoint.errors import ConfigError
-from entrypoint.evaluate import comparison
+from entrypoint.evaluation.comparison import comparison
 from entrypoint.publish.hub import check_hub, publish_adapter
 
 
@@ -32,10 +32,10 @@ def hub(monkeypatch):
 
 def card_and_adapter(tmp_path: Path, monkeypatch) -> Path:
     """An adapter folder as write_results leaves it: weights, config, the real model card, plots."""
-    from entrypoint.card import write_model_card
+    from entrypoint.config.settings import load_settings
     from entrypoint.models.families import FAMILIES
     from entrypoint.models.loading import ModelRef
-    from entrypoint.settings import load_settings
+    from entrypoint.results.card import write_model_card
 
     monkeypatch.setenv("DPO_BETA", "0.2")
     monkeypatch.setenv("DPO_HUB_TOKEN", "canary-setting-token-0123")

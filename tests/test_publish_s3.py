@@ -13,10 +13,10 @@ import boto3
 import pytest
 
 from conftest import ROOT
-from entrypoint import s3_client
 from entrypoint.errors import ConfigError
-from entrypoint.outputs import write_json, write_manifest
-from entrypoint.publish.s3_upload import check_destination, transfer_config, upload_run
+from entrypoint.publish.s3 import check_prefix, transfer_config, upload_run
+from entrypoint.remote import s3
+from entrypoint.run.outputs import write_json, write_manifest
 from s3_server import FaultyProxy
 
 BUCKET = "runs"
@@ -32,7 +32,7 @@ def endpoint(s3_endpoint):
 
 def use_endpoint(monkeypatch, url: str) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
-    s3_client.client.cache_clear()
+    s3.client.cache_clear()
 
 
 def make_run(root: Path, name: str = "run-a", big: int = 11 * 2**20) -> Path:
@@ -82,10 +82,10 @@ def test_rerun_uploads_nothing_and_another_run_is_refused_without_overwrite(tmp_
     assert upload_run(run, f"s3://{BUCKET}/p")["uploaded"] == 0
     other = make_run(tmp_path / "b", name="run-b", big=1024)
     with pytest.raises(ConfigError, match="already holds run 'run-a'.*DPO_OVERWRITE=1"):
-        check_destination(f"s3://{BUCKET}/p", "run-b", overwrite=False)
+        check_prefix(f"s3://{BUCKET}/p", "run-b", overwrite=False)
     with pytest.raises(ConfigError):
         upload_run(other, f"s3://{BUCKET}/p")
-    check_destination(f"s3://{BUCKET}/p", "run-a", overwrite=False)  # the same run may resume
+    check_prefix(f"s3://{BUCKET}/p", "run-a", overwrite=False)  # the same run may resume
     (other / "adapter" / "adapter_config.json").unlink()
     write_manifest(other, "run-b")
     upload_run(other, f"s3://{BUCKET}/p", overwrite=True)
@@ -123,9 +123,9 @@ def test_missing_bucket_or_credentials_is_a_clear_startup_error(monkeypatch, end
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
         monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        s3_client.client.cache_clear()
+        s3.client.cache_clear()
     with pytest.raises(ConfigError, match=message):
-        check_destination(uri, "run-a", overwrite=False)
+        check_prefix(uri, "run-a", overwrite=False)
 
 
 def test_a_read_only_credential_is_a_startup_error_not_a_failure_after_training(monkeypatch, endpoint):
@@ -139,10 +139,10 @@ def test_a_read_only_credential_is_a_startup_error_not_a_failure_after_training(
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-    s3_client.client.cache_clear()
+    s3.client.cache_clear()
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks IAM policies from now on
     with pytest.raises(ConfigError, match=f"DPO_S3_URI=s3://{BUCKET}/p: AccessDenied"):
-        check_destination(f"s3://{BUCKET}/p", "run-a", overwrite=False)
+        check_prefix(f"s3://{BUCKET}/p", "run-a", overwrite=False)
 
 
 @pytest.mark.parametrize("mode", ["500", "drop"])
@@ -163,7 +163,7 @@ def test_upload_survives_server_errors_and_dropped_connections(tmp_path, monkeyp
 def test_a_crash_mid_upload_leaves_no_manifest_and_a_rerun_completes(tmp_path, monkeypatch, endpoint):
     run = make_run(tmp_path / "run", big=1024)
     proxy = FaultyProxy(endpoint, "slow", delay=1.0)
-    code = ("import sys; from pathlib import Path; from entrypoint.publish.s3_upload import upload_run; "
+    code = ("import sys; from pathlib import Path; from entrypoint.publish.s3 import upload_run; "
             "upload_run(Path(sys.argv[1]), sys.argv[2])")
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL_S3": proxy.url, "PATH": "/usr/bin:/bin"}

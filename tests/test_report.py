@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from entrypoint.report import write_report
+from entrypoint.results.report import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's; Ubuntu's and GitHub runners' names
 SCRIPT_PROMPT = "What is in the image? <script>alert('x')</script>"

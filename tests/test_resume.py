@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import job_env, run_job, start_job, wait_for
-from entrypoint import checkpoints
 from entrypoint.errors import EXIT_PREEMPTED
-from entrypoint.outputs import sha256_file
+from entrypoint.run import checkpoints
+from entrypoint.run.outputs import sha256_file
 
 RUN = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="40", max_steps="12",
            per_device_train_batch_size="4", gradient_accumulation_steps="1", learning_rate="5e-3",
@@ -133,7 +133,7 @@ def test_a_reporting_only_change_resumes_mid_training_to_the_same_adapter(tmp_pa
 
 
 def test_resume_never_removes_only_what_the_job_wrote(tmp_path):
-    from entrypoint.state import remove_own_files
+    from entrypoint.run.state import remove_own_files
 
     root = tmp_path / "mount"
     for name in ("checkpoint-5/adapter.bin", "checkpoint-10/x", "prepared/data.arrow", "prepared.tmp/a",
@@ -173,7 +173,7 @@ def test_pruning_keeps_the_newest_and_never_the_resume_source(tmp_path):
 
 
 def test_settings_that_do_not_shape_training_are_real_settings():
-    from entrypoint.settings import Settings
-    from entrypoint.state import _NOT_TRAINING
+    from entrypoint.config.settings import Settings
+    from entrypoint.run.state import _NOT_TRAINING
 
     assert _NOT_TRAINING <= set(Settings.model_fields)  # a renamed field would silently count as training

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from entrypoint.data import samples
 from entrypoint.data.formats import IMAGE_MARKER, resolve_format
 from entrypoint.data.images import SizeLimit
-from entrypoint.data.prepare import prepare
+from entrypoint.data.prepare import DataSpec, RowRules, prepare
 from entrypoint.data.samples import PHOTO_SIZES, SAMPLE_VERSION, SAMPLES, write_sample
 from entrypoint.errors import ConfigError
 
@@ -341,8 +341,8 @@ def test_llava_sample_written_by_another_process_first_is_kept(tmp_path, monkeyp
 @pytest.mark.parametrize("name", ["rlhf-v", "llava-conversations"])
 def test_new_samples_prepare_without_drops(tmp_path, name):
     """Through the job's own data path: detected, loaded (images beside the JSON found), every row a pair."""
-    prepared = prepare(f"sample:{name}", "train", fmt_name="auto", column_spec="", seed=0, max_samples=None,
-                       eval_fraction=0.1, max_eval_pairs=8, limit=SizeLimit(longest=64), cache_dir=tmp_path)
+    prepared = prepare(DataSpec(f"sample:{name}", "train", eval_fraction=0.1, max_eval_pairs=8), tmp_path,
+                       RowRules(limit=SizeLimit(longest=64)))
     report = prepared.report
     assert report["format"] == name and report["format_detected"]
     assert report["dropped"] == {} and report["rows_read"] == 48 and report["pairs"] == 48

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from conftest import error_from, settings_from
-from entrypoint.settings import REDACTED, Settings, public_dict, trainer_overrides
-from entrypoint.trainer_fields import dpo_config_fields
+from entrypoint.config.names import REDACTED
+from entrypoint.config.settings import Settings, public_dict, trainer_overrides
+from entrypoint.config.trainer_fields import dpo_config_fields
 
 
 def test_defaults_are_the_7b_llava_next_qlora_job(monkeypatch):
@@ -73,7 +74,8 @@ def test_validation_imports_no_torch(monkeypatch):
     import subprocess
     import sys
 
-    code = "import sys; from entrypoint.settings import load_settings; load_settings(); print('torch' in sys.modules)"
+    code = ("import sys; from entrypoint.config.settings import load_settings; load_settings(); "
+            "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
 

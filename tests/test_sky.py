@@ -73,7 +73,7 @@ def test_the_loader_rejects_a_typo_and_a_missing_bucket(tmp_path):
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
 def test_the_project_checks_the_loader_lacks(path, loaded, monkeypatch):
-    from entrypoint.settings import load_settings
+    from entrypoint.config.settings import load_settings
 
     task = loaded[str(path)]
     text = path.read_text()

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import job_env, run_job
 from entrypoint.data.images import SizeLimit
-from entrypoint.data.prepare import prepare
+from entrypoint.data.prepare import DataSpec, RowRules, prepare
 from entrypoint.data.samples import write_sample
 from entrypoint.data.sources import check_source, load_rows
 from entrypoint.errors import ConfigError
@@ -32,8 +32,8 @@ def test_each_new_format_prepares_from_an_s3_prefix_llava_images_beside_its_json
     sample = write_sample(name, tmp_path / "src", rows=16)
     for path in (p for p in sample.parent.rglob("*") if p.is_file()):  # the parquet; or the JSON and its images
         bucket.upload_file(str(path), "data", f"sets/{name}/{path.relative_to(sample.parent)}")
-    data = prepare(f"s3://data/sets/{name}", "train", fmt_name="auto", column_spec="", seed=0, max_samples=None,
-                   eval_fraction=0, max_eval_pairs=1, limit=SizeLimit(longest=64), cache_dir=tmp_path / "cache")
+    data = prepare(DataSpec(f"s3://data/sets/{name}", "train"), tmp_path / "cache",
+                   RowRules(limit=SizeLimit(longest=64)))
     assert data.report["format"] == name and data.report["pairs"] == 16 and data.report["dropped"] == {}
     assert all(len(images) == 1 for images in data.train["images"])
 

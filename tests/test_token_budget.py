@@ -12,7 +12,7 @@ from PIL import Image
 from entrypoint.data.budget import PairLengths, spread, token_report
 from entrypoint.data.formats import make_pair, message_text
 from entrypoint.data.images import size_limit
-from entrypoint.data.prepare import RowRules, prepare
+from entrypoint.data.prepare import DataSpec, RowRules, TokenBudget, prepare
 from entrypoint.data.samples import write_sample
 from entrypoint.errors import ConfigError
 from entrypoint.models.families import FAMILIES
@@ -62,10 +62,10 @@ def test_report_counts_drops_and_cut_answers_and_the_length_that_keeps_them():
     assert report["image_tokens_per_image"]["images"] == 4
 
 
-def _prepare(path, processor, **kwargs):
-    return prepare(str(path), "train", fmt_name="auto", column_spec="", seed=0, max_samples=16, eval_fraction=0,
-                   max_eval_pairs=1, limit=size_limit(processor.image_processor), cache_dir=path.parent,
-                   pair_lengths=PairLengths(processor), fewer_image_tokens="DPO_MAX_IMAGE_TILES=1", **kwargs)
+def _prepare(path, processor, **budget):
+    return prepare(DataSpec(str(path), "train", max_samples=16), path.parent,
+                   RowRules(limit=size_limit(processor.image_processor)),
+                   TokenBudget(PairLengths(processor), fewer_image_tokens="DPO_MAX_IMAGE_TILES=1", **budget))
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +106,15 @@ def test_text_pairs_are_measured_and_cut_answers_counted(processors, tmp_path):
                                 "chosen": ["a", "b", "the answer is long " * 10], "rejected": ["x", "y", "z"]}
                                ).to_json(path)
     tokenizer = processors["causal-lm"]
-    data = prepare(str(path), "train", fmt_name="auto", column_spec="", seed=0, max_samples=None, eval_fraction=0,
-                   max_eval_pairs=1, limit=None, cache_dir=tmp_path, pair_lengths=PairLengths(tokenizer),
-                   max_length=30, max_drop_fraction=0.5)
+    data = prepare(DataSpec(str(path), "train"), tmp_path, RowRules(),
+                   TokenBudget(PairLengths(tokenizer), max_length=30, max_drop_fraction=0.5))
     assert data.report["dropped"] == {"prompt (with image tokens) reaches DPO_MAX_LENGTH": 1}
     assert sorted(message_text(p) for p in data.train["prompt"]) == ["ok", "short"]
     assert data.report["tokens"]["answers_cut"] == 1
     with pytest.raises(ConfigError, match=r"DPO_BAD_ROWS=fail: row 1 of .*: prompt \(with image tokens\) reaches "
                                           "DPO_MAX_LENGTH"):
-        prepare(str(path), "train", fmt_name="auto", column_spec="", seed=0, max_samples=None, eval_fraction=0,
-                max_eval_pairs=1, limit=None, cache_dir=tmp_path, pair_lengths=PairLengths(tokenizer),
-                max_length=30, rules=RowRules(bad_rows="fail"))
+        prepare(DataSpec(str(path), "train"), tmp_path, RowRules(bad_rows="fail"),
+                TokenBudget(PairLengths(tokenizer), max_length=30))
 
 
 @pytest.mark.parametrize("family", VISION)
@@ -140,8 +138,7 @@ def test_a_set_with_impossible_images_is_prepared_with_each_counted_not_a_crash(
         "image": datasets.Image(), "question": datasets.Value("string"), "chosen": datasets.Value("string"),
         "rejected": datasets.Value("string")})).to_parquet(str(path))
     processor = processors[family]
-    data = prepare(str(path), "train", fmt_name="auto", column_spec="", seed=0, max_samples=None, eval_fraction=0,
-                   max_eval_pairs=1, limit=size_limit(processor.image_processor), cache_dir=tmp_path,
-                   pair_lengths=PairLengths(processor), max_length=4096)
+    data = prepare(DataSpec(str(path), "train"), tmp_path, RowRules(limit=size_limit(processor.image_processor)),
+                   TokenBudget(PairLengths(processor), max_length=4096))
     assert data.report["dropped"] == {"image aspect ratio over 20:1": 2, "image too small (a side under 2 px)": 1}
     assert data.report["pairs"] == 3 and data.report["tokens"]["image_tokens_per_image"]["images"] == 3

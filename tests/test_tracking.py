@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.logs import MASK, ProgressLogCallback, setup_logging
-from entrypoint.tracking import SettingsToWandb, setup_wandb, wandb_run_id
+from entrypoint.logs import MASK, setup_logging
+from entrypoint.training.callbacks import ProgressLogCallback, SettingsToWandb
+from entrypoint.training.tracking import setup_wandb, wandb_run_id
 
 CANARIES = {"HF_TOKEN": "hf_canaryTracking0123", "WANDB_API_KEY": "canary-wandb-key-0123456789",
             "AWS_SECRET_ACCESS_KEY": "canary-aws-secret-0123", "DPO_HUB_TOKEN": "canary-dpo-hub-token-0123"}
@@ -79,7 +80,7 @@ def train_begin_and_finish(settings, args) -> None:
     from transformers import TrainerControl, TrainerState
     from transformers.integrations import WandbCallback
 
-    from entrypoint.settings import public_dict
+    from entrypoint.config.settings import public_dict
 
     for callback in (WandbCallback(), SettingsToWandb(public_dict(settings))):  # the Trainer's order
         callback.on_train_begin(args, TrainerState(), TrainerControl(), model=None)
@@ -88,8 +89,8 @@ def train_begin_and_finish(settings, args) -> None:
 
 
 def test_offline_wandb_run_resumes_by_id_and_logs_redacted_settings(tmp_path, monkeypatch):
-    from entrypoint.settings import load_settings
-    from entrypoint.train import dpo_config
+    from entrypoint.config.settings import load_settings
+    from entrypoint.training.trainer import dpo_config
 
     for name, value in {**CANARIES, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
                         "DPO_REPORT_TO": "wandb", "DPO_BETA": "0.3"}.items():
@@ -167,7 +168,7 @@ def test_base_vs_tuned_and_the_samples_with_their_images_go_to_wandb(tmp_path, m
     import wandb
     from PIL import Image
 
-    from entrypoint.tracking import log_evaluation
+    from entrypoint.training.tracking import log_evaluation
 
     for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
         monkeypatch.setenv(name, value)

@@ -27,7 +27,7 @@ def projector_run(tmp_path_factory, cache_dir):
 
 
 def _job_settings(monkeypatch, cache_dir, output, **settings):
-    from entrypoint.settings import load_settings
+    from entrypoint.config.settings import load_settings
 
     for key, value in job_env(cache_dir, output, **settings).items():
         if key.startswith("DPO_"):
@@ -68,9 +68,9 @@ def test_trainer_trains_the_projector_in_full_and_keeps_the_vision_tower_frozen(
                                                                                  monkeypatch):
     import torch
 
-    from entrypoint.job import run_paths
     from entrypoint.models.loading import load_model, load_processor, resolve_model
-    from entrypoint.train import build_trainer, dpo_config
+    from entrypoint.run.paths import run_paths
+    from entrypoint.training.trainer import build_trainer, dpo_config
 
     settings = _job_settings(monkeypatch, cache_dir, projector_run, **DEMO, train_projector="true")
     paths = run_paths(settings)
@@ -101,9 +101,9 @@ def test_adapter_reloaded_with_peft_is_the_trained_model(projector_run, cache_di
     from safetensors.torch import load_file
     from trl import DPOTrainer
 
-    from entrypoint.job import run_paths
     from entrypoint.models.loading import load_model, load_processor, resolve_model
-    from entrypoint.train import dpo_config
+    from entrypoint.run.paths import run_paths
+    from entrypoint.training.trainer import dpo_config
 
     settings = _job_settings(monkeypatch, cache_dir, projector_run, **DEMO, train_projector="true")
     ref = resolve_model(settings.model, "auto", None, run_paths(settings).cache_dir)
@@ -144,8 +144,8 @@ def test_merged_model_carries_the_trained_projector(projector_run):
 def test_a_run_killed_and_restarted_ends_with_the_same_adapter_projector_included(projector_run, cache_dir,
                                                                                    tmp_path):
     """The projector's fp32 weights and AdamW state go through the checkpoint and back exactly."""
-    from entrypoint import checkpoints
-    from entrypoint.outputs import sha256_file
+    from entrypoint.run import checkpoints
+    from entrypoint.run.outputs import sha256_file
 
     output = tmp_path / "killed"
     env = job_env(cache_dir, output, **DEMO, train_projector="true", merge="true")
@@ -171,9 +171,9 @@ def test_a_text_only_family_is_a_config_error(tmp_path, cache_dir):
 
 
 def test_the_setting_is_part_of_what_a_checkpoint_was_trained_with(tmp_path, monkeypatch):
+    from entrypoint.config.settings import load_settings
     from entrypoint.errors import ConfigError
-    from entrypoint.settings import load_settings
-    from entrypoint.state import _NOT_TRAINING, RunState
+    from entrypoint.run.state import _NOT_TRAINING, RunState
 
     assert "train_projector" not in _NOT_TRAINING and "merge" in _NOT_TRAINING
     RunState.open(tmp_path, load_settings()).mark("prepared")
@@ -187,12 +187,12 @@ def test_the_setting_is_part_of_what_a_checkpoint_was_trained_with(tmp_path, mon
 def test_the_memory_plan_counts_the_projector_trained_in_full(monkeypatch):
     """On the published LLaVA-NeXT 7B: the projector's 21M parameters, a second fp32 copy with fp32 gradients and
     AdamW moments (16 bytes each), beside LoRA's unchanged count."""
+    from entrypoint.config.settings import load_settings
     from entrypoint.models.architecture import describe
     from entrypoint.models.families import FAMILIES
+    from entrypoint.models.lora import lora_config
     from entrypoint.models.published import full_config
-    from entrypoint.plan import GIB, Workload, plan_memory
-    from entrypoint.settings import load_settings
-    from entrypoint.train import lora_config
+    from entrypoint.planning.memory import GIB, Workload, plan_memory
 
     family = FAMILIES["llava-next"]
     plain = describe(full_config("llava-next"), family, lora_config(load_settings(), family))

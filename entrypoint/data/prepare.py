@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint.data.budget import TOO_LONG, budget_warnings, refuse_too_many_drops, token_report
-from entrypoint.data.formats import BadRow, format_context, image_column, resolve_format
+from entrypoint.data.formats import BadRow, Format, FormatContext, format_context, image_column, resolve_format
 from entrypoint.data.images import ImageProblem, SizeLimit, load_image
 from entrypoint.data.sources import image_root, load_rows, local_path
 from entrypoint.errors import ConfigError
@@ -33,6 +33,24 @@ MIN_PAIRS = 2  # DPO needs at least one train pair and one batch; fewer is a dat
 ROWS_PER_PROCESS = 1000  # with fewer rows per worker, starting the worker costs more than it saves
 EXAMPLES_PER_REASON = 5  # row labels kept in the report for each reason a row was dropped
 ID_COLUMNS = ("id", "idx")  # a dataset's own row ids, shown beside the row number
+UNMEASURED = {"prompt_tokens": 0, "chosen_tokens": 0, "rejected_tokens": 0, "image_tokens": []}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to read, and how much of it: the rows of one split, shuffled with the seed, capped, split for eval."""
+
+    ref: str  # DPO_DATASET
+    split: str = "train"  # DPO_DATASET_SPLIT
+    revision: str | None = None  # DPO_DATASET_REVISION (a Hub dataset's)
+    fmt_name: str = "auto"  # DPO_DATASET_FORMAT
+    column_spec: str = ""  # DPO_DATASET_COLUMNS
+    seed: int = 0  # DPO_SEED: the shuffle and the split
+    max_samples: int | None = None  # DPO_MAX_SAMPLES
+    eval_fraction: float = 0.0  # DPO_EVAL_FRACTION
+    max_eval_pairs: int = 256  # DPO_MAX_EVAL_PAIRS
+    num_proc: int | None = None  # DPO_DATASET_NUM_PROC (default: see `processes_for`)
+    peek: bool = False  # read only the first `max_samples` rows of a Hub dataset (for --dry-run)
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,19 @@ class RowRules:
     max_images: int | None = None  # images a pair may hold (None: any number; 0: a text-only model)
     model: str = "the model"  # named when a row has more images than it takes
     image_dir: Path | None = None  # where relative image paths are (DPO_IMAGE_DIR, or beside the data)
+    limit: SizeLimit | None = None  # the size images are shrunk to (images.size_limit); None: SizeLimit()
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """What a pair may cost in tokens: pairs whose prompt reaches `max_length` are dropped, and more than
+    `max_drop_fraction` of them is a ConfigError naming the fix (`fewer_image_tokens`: the setting that spends
+    fewer tokens an image). Without `pair_lengths` nothing is measured."""
+
+    pair_lengths: Callable[..., dict[str, Any]] | None = None  # budget.PairLengths
+    max_length: int | None = None  # DPO_MAX_LENGTH
+    max_drop_fraction: float = 1.0  # DPO_MAX_DROP_FRACTION
+    fewer_image_tokens: str | None = None
 
 
 @dataclass
@@ -149,105 +180,24 @@ def check_bad_rows(dropped: Counter, examples: dict[str, list[str]], rows_used: 
     return total
 
 
-def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int, max_samples: int | None,
-            eval_fraction: float, max_eval_pairs: int, limit: SizeLimit | None, cache_dir: Path,
-            pair_lengths: Callable[..., dict[str, Any]] | None = None,
-            max_length: int | None = None, num_proc: int | None = None, max_drop_fraction: float = 1.0,
-            fewer_image_tokens: str | None = None, peek: bool = False, rules: RowRules = RowRules(),
-            revision: str | None = None) -> PreparedData:
-    """Load, shuffle, cap, format, check, measure and split. Deterministic for a given seed.
-
-    `pair_lengths` measures a pair in tokens (budget.PairLengths); pairs whose prompt reaches
-    `max_length` are dropped, and more than `max_drop_fraction` of them is a ConfigError naming the
-    fix (`fewer_image_tokens`: the setting that spends fewer tokens an image). `num_proc`
-    (DPO_DATASET_NUM_PROC) formats in parallel processes (default: see `processes_for`). `peek` reads
-    only the first `max_samples` rows of a Hub dataset (for --dry-run). `rules`: see RowRules. `revision`: a Hub
-    dataset's (DPO_DATASET_REVISION).
-    """
-    import numpy as np
-
-    local = local_path(ref, cache_dir)
-    rows = load_rows(ref, split, cache_dir, limit=max_samples if peek else None, local=local, revision=revision)
-    image_dir = rules.image_dir or image_root(local)
-    rows_read = len(rows)
-    if rows_read == 0:
-        raise ConfigError(f"DPO_DATASET={ref}: split {split!r} has no rows")
-    fmt, columns = resolve_format(fmt_name, rows.column_names, column_spec)
-    images_in = image_column(fmt, columns, rows.column_names)
-    if images_in and rules.max_images == 0:
-        raise ConfigError(f"DPO_DATASET={ref} has images (column {images_in!r}) but {rules.model} is text-only: "
-                          "use a vision model, or data without images")
-    log.info("data: format %s (%s; columns %s)", fmt.name, "given" if fmt_name != "auto" else "detected",
-             ", ".join(rows.column_names))
-    order = np.random.default_rng(seed).permutation(rows_read)[:max_samples]  # = datasets' shuffle(seed=seed)
-    rows = _undecoded(rows).select(order)
-    context = format_context(fmt, rows, columns, seed)
-    vision = images_in is not None
-    empty = dict.fromkeys(("prompt", "chosen", "rejected", "images") if vision else ("prompt", "chosen", "rejected"))
-    unmeasured = {"prompt_tokens": 0, "chosen_tokens": 0, "rejected_tokens": 0, "image_tokens": []}
-
-    def to_pair(row: dict[str, Any], index: int) -> dict[str, Any]:
-        label = row_label(int(order[index]), row)
-        lengths = unmeasured
-        try:
-            pair = fmt.to_pair(row, context)
-            if vision:
-                images = pair.get("images", [])
-                if not images:
-                    raise BadRow("missing image")
-                if rules.max_images is not None and len(images) > rules.max_images:
-                    raise BadRow(f"{len(images)} images in one row ({rules.model} takes {rules.max_images})")
-                clean = [load_image(value, limit or SizeLimit(), image_dir) for value in images]
-                pair["images"] = [image.stored for image in clean]
-                sizes = [image.size for image in clean]
-            else:
-                sizes = []
-            lengths = pair_lengths(pair, sizes) if pair_lengths else unmeasured
-            problem = TOO_LONG if max_length and lengths["prompt_tokens"] >= max_length else ""
-        except (BadRow, ImageProblem) as bad:
-            problem = str(bad)
-        if problem and rules.bad_rows == "fail":
-            raise ConfigError(f"DPO_BAD_ROWS=fail: {label} of DPO_DATASET={ref}: {problem}. Fix or remove the row, "
-                              "or set DPO_BAD_ROWS=skip to skip bad rows (up to DPO_MAX_BAD_FRACTION)")
-        if problem:
-            return {**empty, "lengths": json.dumps(lengths), "problem": problem, "row": label}
-        return {**pair, "lengths": json.dumps(lengths), "problem": "", "row": label}
-
-    workers = processes_for(len(rows), num_proc)
-    if workers:  # the tokenizer was used here already: its threads and forked workers do not mix
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with counted_rows("data: formatting pairs", len(rows)):
-        pairs = rows.map(to_pair, with_indices=True, remove_columns=rows.column_names, features=_features(vision),
-                         desc="Formatting pairs", num_proc=workers)
-    dropped: Counter = Counter()
-    examples: dict[str, list[str]] = {}
-    for problem, label in zip(pairs["problem"], pairs["row"], strict=True):
-        if problem:
-            dropped[problem] += 1
-            if len(examples.setdefault(problem, [])) < EXAMPLES_PER_REASON:
-                examples[problem].append(label)
-    bad = check_bad_rows(dropped, examples, len(rows), ref, rules.max_bad_fraction)
-    tokens = None
-    if pair_lengths:
-        measured = [json.loads(lengths) for lengths, problem in zip(pairs["lengths"], pairs["problem"], strict=True)
-                    if problem in ("", TOO_LONG)]
-        tokens = token_report(measured, max_length)
-        for line in budget_warnings(tokens, fewer_image_tokens):
-            log.warning(line)
-        refuse_too_many_drops(tokens, max_drop_fraction, fewer_image_tokens)
-    pairs = pairs.filter(lambda problem: not problem, input_columns="problem")
-    pairs = pairs.remove_columns(["problem", "lengths", "row"])
-    if len(pairs) < MIN_PAIRS:
-        hint = f" {budget_warnings(tokens, fewer_image_tokens)[0]}" if tokens and dropped.get(TOO_LONG) else ""
-        raise ConfigError(f"DPO_DATASET={ref}: only {len(pairs)} usable pairs "
-                          f"(dropped: {dict(dropped) or 'none'}).{hint}")
-    train, evaluation = pairs, None
-    if eval_fraction > 0:
-        n_eval = min(max_eval_pairs, max(1, round(len(pairs) * eval_fraction)))
-        split_pairs = pairs.train_test_split(test_size=n_eval, seed=seed)
-        train, evaluation = split_pairs["train"], split_pairs["test"]
+def prepare(spec: DataSpec, cache_dir: Path, rules: RowRules = RowRules(),
+            budget: TokenBudget = TokenBudget()) -> PreparedData:
+    """Load, shuffle, cap, format, check, measure and split: `spec`'s rows as pairs, every row accounted for in the
+    report. Deterministic for a given seed. `rules`: what a usable row is; `budget`: what a pair may cost."""
+    rows, image_dir = read_rows(spec, cache_dir, rules)
+    rows_read, columns_read = len(rows), rows.column_names
+    fmt, columns, vision = detect_format(spec, rows, rules)
+    order, rows = sampled(rows, spec)
+    formatter = RowFormatter(fmt, format_context(fmt, rows, columns, spec.seed), order, vision, spec.ref, rules,
+                             budget, image_dir)
+    pairs = format_pairs(rows, formatter, spec.num_proc)
+    dropped, examples = drop_reasons(pairs)
+    bad = check_bad_rows(dropped, examples, len(rows), spec.ref, rules.max_bad_fraction)
+    tokens = check_token_budget(pairs, budget)
+    pairs = usable_pairs(pairs, spec.ref, dropped, tokens, budget)
+    train, evaluation = split_eval(pairs, spec)
     report = {
-        "source": ref, "format": fmt.name, "format_detected": fmt_name == "auto", "columns": rows.column_names,
+        "source": spec.ref, "format": fmt.name, "format_detected": spec.fmt_name == "auto", "columns": columns_read,
         "rows_read": rows_read, "rows_used": len(rows), "not_sampled": rows_read - len(rows),
         "pairs": len(pairs), "bad_rows": bad, "dropped": dict(dropped.most_common()),
         "dropped_examples": {reason: examples[reason] for reason, _ in dropped.most_common()},
@@ -255,6 +205,147 @@ def prepare(ref: str, split: str, *, fmt_name: str, column_spec: str, seed: int,
         **({"tokens": tokens} if tokens else {}),
     }
     return PreparedData(train, evaluation, report)
+
+
+# ---- the steps, in order
+
+def read_rows(spec: DataSpec, cache_dir: Path, rules: RowRules) -> tuple[Any, Path | None]:
+    """The split's raw rows (`peek`: only the first `max_samples` of a Hub dataset), and the folder relative image
+    paths point into. ConfigError: no rows."""
+    local = local_path(spec.ref, cache_dir)
+    rows = load_rows(spec.ref, spec.split, cache_dir, limit=spec.max_samples if spec.peek else None, local=local,
+                     revision=spec.revision)
+    if len(rows) == 0:
+        raise ConfigError(f"DPO_DATASET={spec.ref}: split {spec.split!r} has no rows")
+    return rows, rules.image_dir or image_root(local)
+
+
+def detect_format(spec: DataSpec, rows: Any, rules: RowRules) -> tuple[Format, dict[str, str], bool]:
+    """The format (given or detected from the columns), its column mapping, and whether the pairs have images.
+    ConfigError: images for a text-only model."""
+    fmt, columns = resolve_format(spec.fmt_name, rows.column_names, spec.column_spec)
+    images_in = image_column(fmt, columns, rows.column_names)
+    if images_in and rules.max_images == 0:
+        raise ConfigError(f"DPO_DATASET={spec.ref} has images (column {images_in!r}) but {rules.model} is text-only: "
+                          "use a vision model, or data without images")
+    log.info("data: format %s (%s; columns %s)", fmt.name, "given" if spec.fmt_name != "auto" else "detected",
+             ", ".join(rows.column_names))
+    return fmt, columns, images_in is not None
+
+
+def sampled(rows: Any, spec: DataSpec) -> tuple[Any, Any]:
+    """The rows shuffled with the seed and capped at DPO_MAX_SAMPLES (their order, and the rows with their images
+    undecoded)."""
+    import numpy as np
+
+    order = np.random.default_rng(spec.seed).permutation(len(rows))[:spec.max_samples]  # = shuffle(seed=seed)
+    return order, _undecoded(rows).select(order)
+
+
+@dataclass(frozen=True)
+class RowFormatter:
+    """One raw row -> a pair with its token lengths, or the reason it cannot be used (`datasets.map` calls it, in
+    worker processes too). DPO_BAD_ROWS=fail stops at the first bad row, naming it."""
+
+    fmt: Format
+    context: FormatContext
+    order: Any  # the sampled rows' positions in the split as read, for row labels
+    vision: bool
+    ref: str
+    rules: RowRules
+    budget: TokenBudget
+    image_dir: Path | None
+
+    def __call__(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        label = row_label(int(self.order[index]), row)
+        lengths = UNMEASURED
+        try:
+            pair = self.fmt.to_pair(row, self.context)
+            sizes = self._clean_images(pair) if self.vision else []
+            lengths = self.budget.pair_lengths(pair, sizes) if self.budget.pair_lengths else UNMEASURED
+            max_length = self.budget.max_length
+            problem = TOO_LONG if max_length and lengths["prompt_tokens"] >= max_length else ""
+        except (BadRow, ImageProblem) as bad:
+            problem = str(bad)
+        if problem and self.rules.bad_rows == "fail":
+            raise ConfigError(f"DPO_BAD_ROWS=fail: {label} of DPO_DATASET={self.ref}: {problem}. Fix or remove the "
+                              "row, or set DPO_BAD_ROWS=skip to skip bad rows (up to DPO_MAX_BAD_FRACTION)")
+        if problem:
+            return {**self._empty(), "lengths": json.dumps(lengths), "problem": problem, "row": label}
+        return {**pair, "lengths": json.dumps(lengths), "problem": "", "row": label}
+
+    def _clean_images(self, pair: dict[str, Any]) -> list[tuple[int, int]]:
+        """The pair's images decoded safely and shrunk to the limit (pair["images"] then holds their stored bytes);
+        returns their sizes. BadRow: none, or more than the model takes."""
+        images = pair.get("images", [])
+        if not images:
+            raise BadRow("missing image")
+        if self.rules.max_images is not None and len(images) > self.rules.max_images:
+            raise BadRow(f"{len(images)} images in one row ({self.rules.model} takes {self.rules.max_images})")
+        clean = [load_image(value, self.rules.limit or SizeLimit(), self.image_dir) for value in images]
+        pair["images"] = [image.stored for image in clean]
+        return [image.size for image in clean]
+
+    def _empty(self) -> dict[str, Any]:
+        return dict.fromkeys(("prompt", "chosen", "rejected", "images") if self.vision else
+                             ("prompt", "chosen", "rejected"))
+
+
+def format_pairs(rows: Any, formatter: RowFormatter, num_proc: int | None) -> Any:
+    """Every row through `formatter`, in parallel processes for many rows; progress in the log."""
+    workers = processes_for(len(rows), num_proc)
+    if workers:  # the tokenizer was used here already: its threads and forked workers do not mix
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with counted_rows("data: formatting pairs", len(rows)):
+        return rows.map(formatter, with_indices=True, remove_columns=rows.column_names,
+                        features=_features(formatter.vision), desc="Formatting pairs", num_proc=workers)
+
+
+def drop_reasons(pairs: Any) -> tuple[Counter, dict[str, list[str]]]:
+    """How many rows were dropped for each reason, and the labels of the first few of each."""
+    dropped: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    for problem, label in zip(pairs["problem"], pairs["row"], strict=True):
+        if problem:
+            dropped[problem] += 1
+            if len(examples.setdefault(problem, [])) < EXAMPLES_PER_REASON:
+                examples[problem].append(label)
+    return dropped, examples
+
+
+def check_token_budget(pairs: Any, budget: TokenBudget) -> dict[str, Any] | None:
+    """The token report of every measured pair (those over the budget too); warnings, and ConfigError when the
+    budget drops more than DPO_MAX_DROP_FRACTION. None when nothing is measured."""
+    if not budget.pair_lengths:
+        return None
+    measured = [json.loads(lengths) for lengths, problem in zip(pairs["lengths"], pairs["problem"], strict=True)
+                if problem in ("", TOO_LONG)]
+    tokens = token_report(measured, budget.max_length)
+    for line in budget_warnings(tokens, budget.fewer_image_tokens):
+        log.warning(line)
+    refuse_too_many_drops(tokens, budget.max_drop_fraction, budget.fewer_image_tokens)
+    return tokens
+
+
+def usable_pairs(pairs: Any, ref: str, dropped: Counter, tokens: dict[str, Any] | None, budget: TokenBudget) -> Any:
+    """The pairs with no problem, without the bookkeeping columns. ConfigError: fewer than MIN_PAIRS."""
+    pairs = pairs.filter(lambda problem: not problem, input_columns="problem")
+    pairs = pairs.remove_columns(["problem", "lengths", "row"])
+    if len(pairs) < MIN_PAIRS:
+        hint = f" {budget_warnings(tokens, budget.fewer_image_tokens)[0]}" if tokens and dropped.get(TOO_LONG) else ""
+        raise ConfigError(f"DPO_DATASET={ref}: only {len(pairs)} usable pairs "
+                          f"(dropped: {dict(dropped) or 'none'}).{hint}")
+    return pairs
+
+
+def split_eval(pairs: Any, spec: DataSpec) -> tuple[Any, Any | None]:
+    """(train, eval): DPO_EVAL_FRACTION of the pairs (at least one, at most DPO_MAX_EVAL_PAIRS) held out, seeded;
+    no eval split at fraction 0."""
+    if spec.eval_fraction <= 0:
+        return pairs, None
+    n_eval = min(spec.max_eval_pairs, max(1, round(len(pairs) * spec.eval_fraction)))
+    split = pairs.train_test_split(test_size=n_eval, seed=spec.seed)
+    return split["train"], split["test"]
 
 
 def save_prepared(data: PreparedData, directory: Path) -> None:

@@ -10,17 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from entrypoint import hub_access
 from entrypoint.errors import ConfigError
+from entrypoint.remote import hub
+from entrypoint.remote.refs import SAMPLE_PREFIX, looks_local
 
-SAMPLE_PREFIX = "sample:"
 _LOADERS_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def looks_local(ref: str) -> bool:
-    """Paths are absolute, explicitly relative, or exist; anything else of the form org/name is a Hub id."""
-    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
 
 
 def check_source(ref: str, revision: str | None = None) -> None:
@@ -32,9 +27,9 @@ def check_source(ref: str, revision: str | None = None) -> None:
         if ref[len(SAMPLE_PREFIX):] not in SAMPLES:
             raise ConfigError(f"DPO_DATASET={ref!r}: unknown sample; samples: {', '.join(SAMPLES)}")
     elif ref.startswith("s3://"):
-        from entrypoint import s3_client
+        from entrypoint.remote import s3
 
-        s3_client.data_objects(ref, first_only=True)  # what the download will fetch: an exact key, or a folder
+        s3.data_objects(ref, first_only=True)  # what the download will fetch: an exact key, or a folder
     elif looks_local(ref):
         path = Path(ref).expanduser()
         if not path.exists():
@@ -58,10 +53,10 @@ def _check_hub_dataset(ref: str, revision: str | None = None) -> None:
     (HF_HUB_OFFLINE=1) the Hub cannot be asked: a cached copy may still load."""
     from huggingface_hub import HfApi
 
-    if hub_access.offline():
+    if hub.offline():
         return
     try:
-        HfApi(token=hub_access.token()).dataset_info(ref, revision=revision)
+        HfApi(token=hub.token()).dataset_info(ref, revision=revision)
     except Exception as exc:  # noqa: BLE001 - not found, gated, no network: the user's to fix
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         at = f" at DPO_DATASET_REVISION={revision}" if revision else ""
@@ -143,9 +138,9 @@ def local_path(ref: str, cache_dir: Path) -> Path | None:
 
         return write_sample(ref[len(SAMPLE_PREFIX):], cache_dir / "samples")
     if ref.startswith("s3://"):
-        from entrypoint import s3_client
+        from entrypoint.remote import s3
 
-        return s3_client.download(ref, cache_dir / "s3")
+        return s3.download(ref, cache_dir / "s3")
     if looks_local(ref):
         return Path(ref).expanduser()
     return None
@@ -174,9 +169,9 @@ def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, l
         return _load_local(local, split)
     try:
         if limit:
-            stream = datasets.load_dataset(ref, split=split, revision=revision, token=hub_access.token(),
+            stream = datasets.load_dataset(ref, split=split, revision=revision, token=hub.token(),
                                            streaming=True)
             return datasets.Dataset.from_list(list(stream.take(limit)), features=stream.features)
-        return datasets.load_dataset(ref, split=split, revision=revision, token=hub_access.token())
+        return datasets.load_dataset(ref, split=split, revision=revision, token=hub.token())
     except (OSError, ValueError) as exc:  # not found, no such split, offline and not cached
         raise ConfigError(f"DPO_DATASET={ref}: {str(exc).splitlines()[0]}") from None

@@ -1,8 +1,7 @@
-"""The data stage of a run: the pipeline (prepare.py) with the run's settings, reused across restarts.
+"""The data stage of a run: the pipeline (prepare.py) with the run's settings.
 
-Rank 0 prepares the pairs once and saves them beside the checkpoints; a restarted job, and the other
-ranks, load what it saved. The report is logged in lines a person reads; all of it goes to
-data_report.json.
+The report is logged in lines a person reads; all of it goes to data_report.json. Keeping the pairs for a
+restarted job and the other ranks is run/prepared.py's.
 """
 
 from __future__ import annotations
@@ -11,32 +10,32 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from entrypoint.settings import JobSettings
+from entrypoint.config.settings import JobSettings
+from entrypoint.data.budget import PairLengths
+from entrypoint.data.images import size_limit
+from entrypoint.data.prepare import DataSpec, PreparedData, RowRules, TokenBudget, prepare
+from entrypoint.models.families import Family
+from entrypoint.models.image_tokens import fewer_tokens_hint
 
 log = logging.getLogger("entrypoint")
 TOP_REASONS = 4  # reasons for dropped rows named in the log line
 
 
-def prepare_pairs(settings: JobSettings, cache_dir: Path, processor: Any, family: Any, max_length: int | None,
-                  max_samples: int | None, peek: bool = False) -> Any:
+def prepare_pairs(settings: JobSettings, cache_dir: Path, processor: Any, family: Family, max_length: int | None,
+                  max_samples: int | None, peek: bool = False) -> PreparedData:
     """The data pipeline (data/prepare.py) with this run's settings, images and token budget."""
-    from entrypoint.data.budget import PairLengths
-    from entrypoint.data.images import size_limit
-    from entrypoint.data.prepare import RowRules, prepare
-    from entrypoint.models.image_tokens import fewer_tokens_hint
-
     vision = family.vision
-    return prepare(settings.dataset, settings.dataset_split, fmt_name=settings.dataset_format,
-                   column_spec=settings.dataset_columns, seed=settings.seed, max_samples=max_samples,
-                   eval_fraction=settings.eval_fraction, max_eval_pairs=settings.max_eval_pairs,
-                   limit=size_limit(processor.image_processor, settings.image_max_pixels) if vision else None,
-                   cache_dir=cache_dir, pair_lengths=PairLengths(processor, family), max_length=max_length,
-                   num_proc=settings.dataset_num_proc, max_drop_fraction=settings.max_drop_fraction,
-                   fewer_image_tokens=fewer_tokens_hint(family, processor) if vision else None, peek=peek,
-                   revision=settings.dataset_revision,
-                   rules=RowRules(bad_rows=settings.bad_rows, max_bad_fraction=settings.max_bad_fraction,
-                                  max_images=family.images_per_pair, model=f"{family.name} ({settings.model})",
-                                  image_dir=settings.image_dir.expanduser() if settings.image_dir else None))
+    spec = DataSpec(settings.dataset, settings.dataset_split, revision=settings.dataset_revision,
+                    fmt_name=settings.dataset_format, column_spec=settings.dataset_columns, seed=settings.seed,
+                    max_samples=max_samples, eval_fraction=settings.eval_fraction,
+                    max_eval_pairs=settings.max_eval_pairs, num_proc=settings.dataset_num_proc, peek=peek)
+    rules = RowRules(bad_rows=settings.bad_rows, max_bad_fraction=settings.max_bad_fraction,
+                     max_images=family.images_per_pair, model=f"{family.name} ({settings.model})",
+                     image_dir=settings.image_dir.expanduser() if settings.image_dir else None,
+                     limit=size_limit(processor.image_processor, settings.image_max_pixels) if vision else None)
+    budget = TokenBudget(PairLengths(processor, family), max_length, settings.max_drop_fraction,
+                         fewer_tokens_hint(family, processor) if vision else None)
+    return prepare(spec, cache_dir, rules, budget)
 
 
 def log_data_report(report: dict[str, Any], sample: bool = False) -> None:
@@ -59,23 +58,3 @@ def log_data_report(report: dict[str, Any], sample: bool = False) -> None:
         if image["images"]:
             log.info("tokens an image: p50 %d, p95 %d, max %d (%d images)", image["p50"], image["p95"], image["max"],
                      image["images"])
-
-
-def prepared_data(settings: JobSettings, cache_dir: Path, state: Any, processor: Any, family: Any,
-                  max_length: int | None) -> Any:
-    """Pairs ready for the trainer: reused from the checkpoint dir when a previous attempt made them."""
-    from entrypoint.data.prepare import load_prepared, save_prepared
-
-    state.reload()
-    if state.done("prepared") and state.prepared_dir.is_dir():
-        try:
-            data = load_prepared(state.prepared_dir, state.get("prepared"))
-            log.info("reusing prepared data from %s", state.prepared_dir)
-            return data
-        except (OSError, ValueError) as exc:  # on a bucket mount: cut off by a preemption, or not there yet
-            log.warning("prepared data in %s is incomplete (%s): preparing again", state.prepared_dir, exc)
-    data = prepare_pairs(settings, cache_dir, processor, family, max_length, settings.max_samples)
-    if state.writer:
-        save_prepared(data, state.prepared_dir)
-    state.mark("prepared", data.report)
-    return data

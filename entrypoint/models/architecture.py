@@ -16,6 +16,7 @@ from typing import Any
 
 from entrypoint.errors import ConfigError
 from entrypoint.models.families import Family
+from entrypoint.models.lora import place_modules_to_save
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ def with_lora(model: Any, lora_config: Any) -> Any:
     ConfigError (DPO_LORA_TARGET_MODULES), found here instead of after the weights are loaded."""
     from peft import get_peft_model
 
-    from entrypoint.train import place_modules_to_save
-
     try:
         return get_peft_model(model, place_modules_to_save(model, lora_config))
     except ValueError as exc:
@@ -106,7 +105,8 @@ def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
         kv_size=(getattr(text, "num_key_value_heads", None) or heads) * head_dim, layers=text.num_hidden_layers,
         vocab_size=text.vocab_size,
         vision_hidden_size=vision.hidden_size if vision else 0,
-        # Qwen-VL towers have no image size: the processor's pixel budget decides (plan.py asks image_tokens.py)
+        # Qwen-VL towers have no image size: the processor's pixel budget decides (planning/memory.py asks
+        # image_tokens.py)
         vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1 if getattr(vision, "image_size", None) else 0,
         vision_states_kept=(vision.num_hidden_layers + 1 if hasattr(config, "vision_feature_layer") else 1)
         if vision else 0,

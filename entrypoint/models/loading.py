@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from entrypoint import hub_access
-from entrypoint.data.sources import looks_local
 from entrypoint.errors import ConfigError
 from entrypoint.logs import duration, size_text
 from entrypoint.models.families import FAMILIES, Family, family_from_config
+from entrypoint.remote import hub
+from entrypoint.remote.refs import is_built_offline, looks_local
 
 log = logging.getLogger("entrypoint.model")
-TINY_PREFIX = "tiny:"
-SHAPES_PREFIX = "shapes:"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # counted in the size on disk logged before loading
 
 
@@ -42,7 +40,7 @@ def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: P
     `tiny:` and `shapes:` models are built into a model directory, then go the way any local directory goes:
     the family from its config.json (or DPO_MODEL_FAMILY), the same loading code."""
     stands_for = None
-    if ref.startswith((TINY_PREFIX, SHAPES_PREFIX)):
+    if is_built_offline(ref):
         ref, stands_for = _built_offline(ref, cache_dir)
     if looks_local(ref):
         path = Path(ref).expanduser()
@@ -82,7 +80,7 @@ def _hub_config(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=hub_access.token()))
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=hub.token()))
     except Exception as exc:  # noqa: BLE001 - not found, gated, offline: the user's to fix
         raise ConfigError(f"DPO_MODEL={repo_id}: cannot read its config.json from the Hub "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -107,7 +105,7 @@ def load_processor(model: ModelRef, max_image_tiles: int | None = None, max_pixe
     from entrypoint.models.image_tokens import limit_pixels, limit_tiles
 
     processor = processor_class(model.family).from_pretrained(model.source, revision=model.revision,
-                                                              token=hub_access.token())
+                                                              token=hub.token())
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -167,7 +165,7 @@ def load_model(model: ModelRef, quantization: str, distributed: str = "ddp", pro
              "full precision" if quantization == "none" else quantization, _weights_on_disk(model))
     started = time.monotonic()
     loaded = model_class.from_pretrained(
-        model.source, revision=model.revision, token=hub_access.token(), dtype=dtype,
+        model.source, revision=model.revision, token=hub.token(), dtype=dtype,
         quantization_config=quantization_config(quantization, model.family, dtype, distributed == "fsdp"),
         device_map=device_map(sharded), **overrides)
     _keep_present_layer_classes(loaded)

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entrypoint import hub_access
 from entrypoint.errors import ConfigError
 from entrypoint.logs import duration, size_text
+from entrypoint.remote import hub
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def _api(api: Any = None) -> Any:
         return api
     from huggingface_hub import HfApi
 
-    return HfApi(token=hub_access.token())
+    return HfApi(token=hub.token())
 
 
 def check_hub(repo_id: str) -> None:
@@ -35,9 +35,9 @@ def check_hub(repo_id: str) -> None:
     import httpx2
 
     where = f"DPO_HUB_REPO={repo_id}"
-    if not hub_access.token():
+    if not hub.token():
         raise ConfigError(f"{where}: HF_TOKEN is not set (a write token is needed to push)")
-    if hub_access.offline():
+    if hub.offline():
         raise ConfigError(f"{where}: pushing needs the network, but HF_HUB_OFFLINE is set")
     try:
         role = _api().whoami()["auth"].get("accessToken", {}).get("role")

@@ -12,9 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from entrypoint.config.names import env_name
+from entrypoint.config.settings import JobSettings, public_dict
 from entrypoint.errors import ConfigError
-from entrypoint.outputs import write_json
-from entrypoint.settings import JobSettings, env_name, public_dict
+from entrypoint.run.outputs import write_json
 
 STATE = "state.json"
 PREPARED = "prepared"

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entrypoint import hub_access
+from entrypoint.config.names import REDACTED, env_name
+from entrypoint.config.settings import JobSettings, is_secret, public_dict, setting_from, setting_names
 from entrypoint.errors import ConfigError
-from entrypoint.outputs import CONFIG, MANIFEST
-from entrypoint.settings import REDACTED, JobSettings, env_name, is_secret, public_dict, setting_names
+from entrypoint.remote import hub
+from entrypoint.run.outputs import CONFIG, MANIFEST
+from entrypoint.run.paths import run_paths
 
 log = logging.getLogger("entrypoint.rerun")
 
@@ -46,9 +48,19 @@ RERUN_SUFFIX = "-rerun"
 FIX = "restore it, or set DPO_ALLOW_DRIFT=1 to run on what there is now"
 
 
+def from_run_argument(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--from-run RUN` or `--from-run=RUN`: (RUN, the other arguments); RUN is "" when missing."""
+    for i, arg in enumerate(argv):
+        if arg == "--from-run":
+            return (argv[i + 1] if i + 1 < len(argv) else ""), argv[:i] + argv[i + 2:]
+        if arg.startswith("--from-run="):
+            return arg.partition("=")[2], argv[:i] + argv[i + 1:]
+    return None, argv
+
+
 @dataclass(frozen=True)
 class Recorded:
-    """A finished run's record: its manifest (with "provenance") and config.json."""
+    """A finished run as it was recorded: its manifest (with the run record under "provenance") and config.json."""
 
     where: str  # as given to --from-run
     manifest: dict[str, Any]
@@ -57,7 +69,8 @@ class Recorded:
     pins: dict[str, str] = field(default_factory=dict)  # settings pinned to recorded Hub commits
 
     @property
-    def provenance(self) -> dict[str, Any]:
+    def run_record(self) -> dict[str, Any]:
+        """What made it (run/record.py): manifest.json's "provenance"."""
         return self.manifest.get("provenance") or {}
 
     @property
@@ -89,18 +102,18 @@ def read(where: str) -> Recorded:
 
 
 def _read_s3(uri: str) -> tuple[bytes, bytes]:
-    from entrypoint import s3_client
+    from entrypoint.remote import s3
 
-    bucket, key = s3_client.parse_uri(uri)
+    bucket, key = s3.parse_uri(uri)
     prefix = key.removesuffix(MANIFEST).rstrip("/")
     out = []
     for name in (MANIFEST, CONFIG):
         object_key = f"{prefix}/{name}" if prefix else name
         try:
-            out.append(s3_client.client().get_object(Bucket=bucket, Key=object_key)["Body"].read())
+            out.append(s3.client().get_object(Bucket=bucket, Key=object_key)["Body"].read())
         except Exception as exc:  # noqa: BLE001 - not there, no access: the user's to fix
             raise ConfigError(f"--from-run {uri}: cannot read s3://{bucket}/{object_key} "
-                              f"({s3_client.describe_error(exc)})") from None
+                              f"({s3.describe_error(exc)})") from None
     return out[0], out[1]
 
 
@@ -152,7 +165,7 @@ def pin_revisions(recorded: Recorded, environ: MutableMapping[str, str]) -> dict
     environment sets a revision. A recorded commit the Hub no longer has is a ConfigError (DPO_ALLOW_DRIFT=1: a
     warning, and the recorded revision as it was asked for)."""
     given = {key.upper(): value for key, value in environ.items()}
-    record = recorded.provenance
+    record = recorded.run_record
     pins = {}
     for setting, kind in (("model_revision", "model"), ("dataset_revision", "dataset")):
         commit = (record.get(kind) or {}).get("commit")
@@ -163,7 +176,7 @@ def pin_revisions(recorded: Recorded, environ: MutableMapping[str, str]) -> dict
         repo = record[kind]["id"]
         if _on_hub(kind, repo, commit):
             pins[setting] = commit
-        elif _allow_drift(environ):
+        elif setting_from(environ, "allow_drift"):
             log.warning("DPO_ALLOW_DRIFT=1: %s %s's recorded commit %s is no longer on the Hub; using revision %s",
                         kind, repo, commit, recorded.config.get(setting) or "main")
         else:
@@ -179,9 +192,9 @@ def _on_hub(kind: str, repo: str, commit: str) -> bool:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    if hub_access.offline():
+    if hub.offline():
         return True
-    api = HfApi(token=hub_access.token())
+    api = HfApi(token=hub.token())
     try:
         (api.model_info if kind == "model" else api.dataset_info)(repo, revision=commit)
     except (RevisionNotFoundError, RepositoryNotFoundError):
@@ -189,11 +202,6 @@ def _on_hub(kind: str, repo: str, commit: str) -> bool:
     except Exception:  # noqa: BLE001 - no network: not known to be gone
         return True
     return True
-
-
-def _allow_drift(environ: MutableMapping[str, str]) -> bool:
-    value = {key.upper(): v for key, v in environ.items()}.get(env_name("allow_drift"), "")
-    return value.strip().lower() in ("1", "true", "yes", "on", "t", "y")
 
 
 # ---- what differs, before anything starts
@@ -225,13 +233,13 @@ def differences(recorded: Recorded, settings: JobSettings) -> list[str]:
 def code_warnings(recorded: Recorded, code_revision: str | None) -> list[str]:
     """A code version, commit, lock or package version other than the recorded one: the same settings may then
     train differently."""
-    from entrypoint.provenance import code_provenance
+    from entrypoint.run.record import code_record
 
-    was = recorded.provenance.get("code")
+    was = recorded.run_record.get("code")
     if not was:
         return ["warning: the record has no provenance (a run from before it was recorded): settings only, "
                 "nothing pinned or checked"]
-    now = code_provenance(code_revision)
+    now = code_record(code_revision)
     lines = []
     for key, what in (("version", "code version"), ("commit", "code commit")):
         if was.get(key) != now.get(key):
@@ -247,10 +255,8 @@ def code_warnings(recorded: Recorded, code_revision: str | None) -> list[str]:
     return lines
 
 
-def check_destination(recorded: Recorded, settings: JobSettings) -> None:
+def refuse_recorded_dirs(recorded: Recorded, settings: JobSettings) -> None:
     """A rerun never writes into the recorded run's directory or checkpoints."""
-    from entrypoint.job import run_paths
-
     paths = run_paths(settings)
     if recorded.run_dir is not None and paths.output_dir == recorded.run_dir.resolve():
         raise ConfigError(f"DPO_OUTPUT_DIR={paths.output_dir} is the recorded run's own directory; a rerun writes a "
@@ -263,7 +269,7 @@ def check_destination(recorded: Recorded, settings: JobSettings) -> None:
 
 def announce(recorded: Recorded, settings: JobSettings, show: bool = True) -> None:
     """Refuse the recorded run's own directories (ConfigError); print what differs from the record (`show`)."""
-    check_destination(recorded, settings)
+    refuse_recorded_dirs(recorded, settings)
     if not show:
         return
     changed = differences(recorded, settings)
@@ -294,7 +300,7 @@ def drift(recorded: Recorded, record: dict[str, Any], settings: JobSettings) -> 
     """What differs from the record among what the settings still name the same way: the base model if DPO_MODEL
     (and its revision) is the recorded one, the data files if DPO_DATASET, its split and revision are; the pairs
     too if no setting they depend on changed (if one did, different pairs are expected: a warning)."""
-    was, cfg = recorded.provenance, recorded.config
+    was, cfg = recorded.run_record, recorded.config
     if not was:
         return []
 

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entrypoint.settings import JobSettings
+from entrypoint.config.settings import JobSettings
+from entrypoint.models.loading import ModelRef, compute_dtype, load_model
 
 log = logging.getLogger("entrypoint")
 
@@ -42,12 +43,10 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def merged_model(adapter_dir: Path, model_ref: Any, settings: JobSettings, processor: Any) -> Any:
+def merged_model(adapter_dir: Path, model_ref: ModelRef, settings: JobSettings, processor: Any) -> Any:
     """The base loaded as training loaded it, dequantized, with the adapter merged in; cast to bf16."""
     import torch
     from peft import PeftModel
-
-    from entrypoint.models.loading import compute_dtype, load_model
 
     base = load_model(model_ref, settings.quantization, processor=processor)  # one process's device, never sharded
     if settings.quantization != "none":
@@ -57,7 +56,8 @@ def merged_model(adapter_dir: Path, model_ref: Any, settings: JobSettings, proce
     return merged.to(torch.bfloat16)
 
 
-def write_merged(adapter_dir: Path, model_ref: Any, settings: JobSettings, processor: Any, merged_dir: Path) -> Path:
+def write_merged(adapter_dir: Path, model_ref: ModelRef, settings: JobSettings, processor: Any,
+                 merged_dir: Path) -> Path:
     """Write the merged model to `merged_dir` (replacing whatever an earlier attempt left there)."""
     started = time.perf_counter()
     shutil.rmtree(merged_dir, ignore_errors=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from entrypoint.evaluate import MISSING, number
+from entrypoint.evaluation.comparison import MISSING, number
 
 
 def _number(value: Any, sign: bool = False) -> str:
@@ -58,7 +58,7 @@ def write_report(path: Path, *, run_name: str, settings: dict, data_report: dict
     # Autoescape on: prompts and answers are user data. select_autoescape() alone would leave it off for a
     # name ending in .j2, so the template's double suffix is named here.
     escape = select_autoescape(("html", "html.j2"))
-    env = Environment(loader=PackageLoader("entrypoint", "templates"), autoescape=escape)
+    env = Environment(loader=PackageLoader("entrypoint.results", "templates"), autoescape=escape)
     train = metrics.get("train") or {}
     dropped = data_report.get("dropped") or {}
     html = env.get_template("report.html.j2").render(

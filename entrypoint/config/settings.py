@@ -16,21 +16,18 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, Field, ValidationError, create_model, field_validator
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from entrypoint.config.names import ENV_PREFIX, REDACTED, env_name, is_secret_field, is_trainer_field_info
+from entrypoint.config.presets import PresetSource, preset_key
+from entrypoint.config.trainer_fields import dpo_config_fields
 from entrypoint.errors import ConfigError
-from entrypoint.trainer_fields import dpo_config_fields
-
-ENV_PREFIX = "DPO_"
-REDACTED = "***"
-# Environment variables that hold credentials, by their standard names.
-SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY",
-                   "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
 class JobSettings(BaseSettings):
@@ -183,8 +180,6 @@ class JobSettings(BaseSettings):
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: arguments, the environment, then DPO_PRESET's recipe, then the defaults."""
-        from entrypoint.presets import PresetSource  # it imports this module
-
         return init_settings, env_settings, dotenv_settings, file_secret_settings, PresetSource(settings_cls)
 
 
@@ -292,18 +287,12 @@ def setting_names() -> list[str]:
     return list(Settings.model_fields)
 
 
-def env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
-
-
 def is_secret(field: str) -> bool:
-    extra = Settings.model_fields[field].json_schema_extra or {}
-    return bool(extra.get("secret"))
+    return is_secret_field(Settings.model_fields[field])
 
 
 def is_trainer_field(field: str) -> bool:
-    extra = Settings.model_fields[field].json_schema_extra or {}
-    return bool(extra.get("trainer"))
+    return is_trainer_field_info(Settings.model_fields[field])
 
 
 def _check_unknown(environ: dict[str, str]) -> None:
@@ -328,9 +317,7 @@ def _describe(error: dict[str, Any], environ: dict[str, str]) -> str:
         message = str(error["ctx"]["error"])
     prefix = f"{name}={shown!r}" if shown is not None else name
     if given is None:  # not in the environment: the value may be the preset's
-        from entrypoint.presets import preset_key
-
-        where = preset_key(environ, field)
+        where = preset_key(environ, field, Settings.model_fields)
         prefix = f"{where}={error['input']!r}" if where else prefix
     return f"{prefix}: {message[0].lower()}{message[1:]}"
 
@@ -364,3 +351,18 @@ def public_dict(settings: JobSettings) -> dict[str, Any]:
 def secret_setting_values(settings: JobSettings) -> list[str]:
     """The values of DPO_* settings marked secret, for masking in logs."""
     return [str(v) for k, v in settings.model_dump().items() if is_secret(k) and v]
+
+
+def setting_from(environ: Mapping[str, str], field: str) -> Any:
+    """One setting as `load_settings` reads it from `environ` (its default when unset), by the same declaration and
+    parser: for a decision made before the settings can be loaded (`--from-run` writes the record into the
+    environment first). ConfigError naming the variable when the value is not valid."""
+    info = Settings.model_fields[field]
+    given = {key.upper(): value for key, value in environ.items()}.get(env_name(field))
+    if given is None:
+        return info.default
+    try:
+        kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        return TypeAdapter(kind).validate_python(given)
+    except ValidationError as exc:
+        raise ConfigError(_describe({**exc.errors()[0], "loc": (field,)}, {env_name(field): given})) from None

@@ -1,8 +1,9 @@
-"""Checkpoints that survive preemption: complete-or-ignored, resumable, pruned safely, saved on SIGTERM.
+"""Checkpoints that survive preemption: complete-or-ignored, resumable, pruned safely.
 
 The Trainer writes a checkpoint as many files, one after the other; a process killed halfway
 leaves a folder that looks like a checkpoint but is not one. So after the Trainer has written
-everything, `CheckpointCallback` adds `dpo_checkpoint.json` listing every file and its size.
+everything, `CheckpointCallback` (training/callbacks.py) adds `dpo_checkpoint.json` listing every file and its
+size.
 A checkpoint is complete when that marker exists and every size matches: on a bucket mount a file
 can also be cut short by an interrupted upload, and the sizes catch that too.
 
@@ -16,15 +17,11 @@ import json
 import logging
 import re
 import shutil
-import signal
 from pathlib import Path
-from typing import Any
 
-from transformers import TrainerCallback
+from entrypoint.run.outputs import remove_unpublished
 
-from entrypoint.outputs import remove_unpublished
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("entrypoint.checkpoints")
 
 COMPLETE_MARKER = "dpo_checkpoint.json"  # written last into a checkpoint: it is complete
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -85,50 +82,11 @@ def prune(root: Path, keep: int | None, protected: Path | None) -> None:
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-class CheckpointCallback(TrainerCallback):
-    """Marks checkpoints complete, prunes, saves at the last step, and stops cleanly on SIGTERM.
-
-    SIGTERM is what a spot VM (and SkyPilot) sends before taking the machine: the current step
-    finishes, a checkpoint is saved, and training stops; `preempted` tells the caller to exit with
-    the code the SkyPilot YAML recovers on.
-    """
-
-    def __init__(self, root: Path, keep: int | None, resumed_from: Path | None):
-        self.root, self.keep, self.resumed_from = root, keep, resumed_from
-        self.preempted = False
-        self._previous_handler: Any = None
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: finishing this step, saving a checkpoint, then stopping")
-        self.preempted = True
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-        # A resumed TrainerState carries the logging, eval and save intervals of the run that saved it; this run's
-        # settings apply instead (changing DPO_LOGGING_STEPS on a restart is accepted, so it must take effect).
-        saved = {kind: getattr(state, f"{kind}_steps") for kind in ("logging", "eval", "save")}
-        state.compute_steps(args, state.max_steps)
-        changed = [f"{kind}_steps {was} -> {getattr(state, f'{kind}_steps')}" for kind, was in saved.items()
-                   if was != getattr(state, f"{kind}_steps")]
-        if state.global_step and changed:
-            log.info("resumed with this run's intervals: %s", ", ".join(changed))
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.preempted:
-            control.should_save = True
-            control.should_training_stop = True
-        elif state.global_step >= state.max_steps:
-            control.should_save = True  # a finished run resumes to "done" instead of repeating steps
-        return control
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            checkpoint = self.root / f"checkpoint-{state.global_step}"
-            remove_unpublished(checkpoint)  # pickled args carry hub_token; resuming does not need them
-            mark_complete(checkpoint)
-            prune(self.root, self.keep, self.resumed_from)
-        return control
+def seal(root: Path, step: int, keep: int | None, protected: Path | None) -> Path:
+    """After the Trainer saved step `step`: drop what must not be kept (pickled arguments carry hub_token, and
+    resuming does not need them), mark the checkpoint complete, prune. Returns the checkpoint."""
+    checkpoint = root / f"checkpoint-{step}"
+    remove_unpublished(checkpoint)
+    mark_complete(checkpoint)
+    prune(root, keep, protected)
+    return checkpoint

@@ -20,8 +20,8 @@ from typing import Any
 
 from entrypoint.errors import ConfigError
 from entrypoint.logs import progress, size_text
-from entrypoint.outputs import MANIFEST, sha256_file
-from entrypoint.s3_client import client, describe_error, parse_uri
+from entrypoint.remote.s3 import client, describe_error, parse_uri
+from entrypoint.run.outputs import MANIFEST, sha256_file
 
 log = logging.getLogger(__name__)
 SHA_KEY = "sha256"  # user metadata: x-amz-meta-sha256
@@ -70,7 +70,7 @@ def _check_writable(bucket: str, prefix: str) -> None:
     client().delete_object(Bucket=bucket, Key=key)
 
 
-def check_destination(uri: str, run_name: str, overwrite: bool) -> None:
+def check_prefix(uri: str, run_name: str, overwrite: bool) -> None:
     """Start-up check (also in --dry-run): credentials, bucket, write access, and no other run's
     results under the prefix unless DPO_OVERWRITE=1."""
     from botocore.exceptions import ClientError

@@ -3,7 +3,7 @@
 The run id is derived from the run name, and resuming is allowed, so a preempted job that
 restarts logs into the same wandb run. wandb reads its usual variables (WANDB_API_KEY, WANDB_PROJECT,
 WANDB_MODE=offline, ...); what it logs as config is the trainer's `to_dict()`, where every
-`*_token` value is masked, plus the job's own settings with secrets redacted.
+`*_token` value is masked, plus the job's own settings with secrets redacted (`SettingsToWandb`, callbacks.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 from typing import Any
-
-from transformers import TrainerCallback
 
 
 def wandb_run_id(run_name: str) -> str:
@@ -25,22 +23,6 @@ def setup_wandb(run_name: str) -> None:
     os.environ.setdefault("WANDB_RUN_ID", wandb_run_id(run_name))
     os.environ.setdefault("WANDB_RESUME", "allow")
     os.environ.setdefault("WANDB_NAME", run_name)
-
-
-class SettingsToWandb(TrainerCallback):
-    """Adds the job's settings (already redacted) and what made the run (provenance.py: model, data, code,
-    environment) to the wandb run the Trainer's callback opened."""
-
-    def __init__(self, settings_dict: dict[str, Any], provenance: dict[str, Any] | None = None):
-        self.settings_dict = settings_dict
-        self.provenance = provenance
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        import wandb
-
-        if state.is_world_process_zero and wandb.run is not None:
-            extra = {"provenance": self.provenance} if self.provenance else {}
-            wandb.run.config.update({"job": self.settings_dict, **extra}, allow_val_change=True)
 
 
 def log_evaluation(rows: list[dict[str, Any]], samples: list[dict[str, Any]], run_dir: Any) -> None:

@@ -2,7 +2,7 @@
 
     <DPO_OUTPUT_DIR>/
       adapter/            PEFT adapter, processor files, model card (README.md)
-      merged/             with DPO_MERGE=1: the adapter merged into the base, a plain bf16 model (merge.py)
+      merged/             with DPO_MERGE=1: the adapter merged into the base, a plain bf16 model (training/merge.py)
       metrics.json        train and eval metrics, sample generations
       config.json         the resolved settings, secrets redacted
       data_report.json    rows read, pairs made, rows dropped and why
@@ -10,7 +10,7 @@
       samples/            the images of the sample generations in metrics.json (JPEG)
       report.html         one self-contained page: settings, data, curves, base vs tuned, samples
       manifest.json       written last: every other file's path, size and sha256, and what made the run
-                          ("provenance": base model, data, code, environment; provenance.py)
+                          ("provenance": base model, data, code, environment; the run record, record.py)
 
 A reader that finds manifest.json can trust that the run is complete. Checkpoints and caches are
 working state, not results: they are never listed in the manifest.
@@ -73,12 +73,12 @@ def result_files(run_dir: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
 
 
 def write_manifest(run_dir: Path, run_name: str, exclude: tuple[Path, ...] = (),
-                   provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`provenance`: what made the run (provenance.py), recorded under that key when given."""
+                   record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`record`: what made the run (the run record, record.py), under the key "provenance" when given."""
     files = [{"path": p.relative_to(run_dir).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in result_files(run_dir, exclude)]
     manifest = {"run_name": run_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **({"provenance": provenance} if provenance is not None else {}), "files": files}
+                **({"provenance": record} if record is not None else {}), "files": files}
     write_json(run_dir / MANIFEST, manifest)
     return manifest
 

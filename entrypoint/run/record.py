@@ -1,4 +1,5 @@
-"""What made a run: manifest.json's "provenance", a subset in the model card's metadata, and wandb's config.
+"""The run record, what made a run: manifest.json's "provenance", a subset in the model card's metadata, and
+wandb's config.
 
     model        the id as given; a Hub model's commit, or a hash of a local, `tiny:` or `shapes:` model's files
     dataset      the reference as given; a Hub dataset's commit, the sha256 of each local file or each s3://
@@ -24,12 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from entrypoint import hub_access
-from entrypoint.outputs import CONFIG, sha256_file
+from entrypoint.remote import hub
+from entrypoint.remote.refs import is_hub_model
+from entrypoint.run.outputs import CONFIG, sha256_file
 
-log = logging.getLogger("entrypoint.provenance")
+log = logging.getLogger("entrypoint.provenance")  # the name the log has always shown
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # a checkout, or /app in the image (Dockerfile)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # a checkout, or /app in the image (Dockerfile)
 LOCK = "requirements.lock"
 # Import name -> distribution name: the packages whose versions decide what a run computes.
 PACKAGES = {"torch": "torch", "transformers": "transformers", "trl": "trl", "peft": "peft", "datasets": "datasets",
@@ -74,13 +76,6 @@ def _sampled_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def is_hub_model(ref: str) -> bool:
-    from entrypoint.data.sources import looks_local
-    from entrypoint.models.loading import SHAPES_PREFIX, TINY_PREFIX
-
-    return not ref.startswith((TINY_PREFIX, SHAPES_PREFIX)) and not looks_local(ref)
-
-
 def snapshot_commit(path: Path | None) -> str | None:
     """The commit of a file huggingface_hub downloaded: its cache path is `.../snapshots/<commit>/<file>`."""
     if path is not None and path.parent.parent.name == "snapshots":
@@ -96,9 +91,9 @@ def hub_commit(repo_type: str, repo_id: str, revision: str | None) -> str | None
 
     if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
         return revision
-    if not hub_access.offline():
+    if not hub.offline():
         try:
-            api = HfApi(token=hub_access.token())
+            api = HfApi(token=hub.token())
             info = api.model_info if repo_type == "model" else api.dataset_info
             return info(repo_id, revision=revision).sha
         except Exception as exc:  # noqa: BLE001 - no network, gated: the cache may still know
@@ -108,7 +103,7 @@ def hub_commit(repo_type: str, repo_id: str, revision: str | None) -> str | None
     return ref.read_text().strip() if ref.is_file() else None
 
 
-def model_provenance(ref: str, revision: str | None, model: Any) -> dict[str, Any]:
+def model_record(ref: str, revision: str | None, model: Any) -> dict[str, Any]:
     """The base model as given (DPO_MODEL, DPO_MODEL_REVISION) and exactly what that was: a Hub model's commit (of
     the config.json resolve_model fetched, so no second request), or a hash of a directory's files."""
     out: dict[str, Any] = {"id": ref, "revision": revision}
@@ -133,11 +128,11 @@ def source_files(local: Path, split: str) -> list[dict[str, Any]]:
 
 
 def s3_objects(uri: str) -> list[dict[str, Any]]:
-    """Each object an s3:// data reference means (s3_client.data_objects: the key itself, or the folder under it), with
+    """Each object an s3:// data reference means (s3.data_objects: the key itself, or the folder under it), with
     its size and ETag, from the listing that decides which objects those are."""
-    from entrypoint import s3_client
+    from entrypoint.remote import s3
 
-    return [{"key": key, "size": size, "etag": etag} for key, size, etag in s3_client.data_objects(uri)[1]]
+    return [{"key": key, "size": size, "etag": etag} for key, size, etag in s3.data_objects(uri)[1]]
 
 
 def pairs_fingerprint(pairs: Any) -> dict[str, Any] | None:
@@ -172,7 +167,7 @@ def _image_bytes(image: Any) -> bytes:
     return b""
 
 
-def dataset_provenance(ref: str, split: str, revision: str | None, cache_dir: Path, data: Any) -> dict[str, Any]:
+def dataset_record(ref: str, split: str, revision: str | None, cache_dir: Path, data: Any) -> dict[str, Any]:
     """The data as given (DPO_DATASET, DPO_DATASET_SPLIT, DPO_DATASET_REVISION), what it was (a Hub commit, local
     files' sha256, s3 objects' ETags), and fingerprints of the prepared train and eval pairs."""
     from entrypoint.data.sources import local_path
@@ -246,7 +241,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def code_provenance(code_revision: str | None = None) -> dict[str, Any]:
+def code_record(code_revision: str | None = None) -> dict[str, Any]:
     """The code: version, commit (from the git checkout, else DPO_CODE_REVISION, which the image sets at build
     time), the lock, the packages."""
     commit, dirty = git_commit()
@@ -269,7 +264,7 @@ def driver_version() -> str | None:
     return out.splitlines()[0].strip() if out.strip() else None
 
 
-def environment_provenance(world_size: int, image_digest: str | None = None) -> dict[str, Any]:
+def environment_record(world_size: int, image_digest: str | None = None) -> dict[str, Any]:
     import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
@@ -284,11 +279,11 @@ def environment_provenance(world_size: int, image_digest: str | None = None) -> 
 def run_record(settings: Any, model: Any, data: Any, cache_dir: Path, world_size: int) -> dict[str, Any]:
     """manifest.json's "provenance" for this run (every rank computes the same; rank 0 writes it)."""
     return {
-        "model": model_provenance(settings.model, settings.model_revision, model),
-        "dataset": dataset_provenance(settings.dataset, settings.dataset_split, settings.dataset_revision,
+        "model": model_record(settings.model, settings.model_revision, model),
+        "dataset": dataset_record(settings.dataset, settings.dataset_split, settings.dataset_revision,
                                       cache_dir, data),
-        "code": code_provenance(settings.code_revision),
-        "environment": environment_provenance(world_size, settings.image_digest),
+        "code": code_record(settings.code_revision),
+        "environment": environment_record(world_size, settings.image_digest),
         "settings": {"seed": settings.seed, "config": CONFIG, "dpo_config": f"{CONFIG}: dpo_config"},
     }
 

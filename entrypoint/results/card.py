@@ -7,14 +7,17 @@ from typing import Any
 
 import yaml
 
-from entrypoint.settings import JobSettings
+from entrypoint.config.settings import JobSettings
+from entrypoint.evaluation.comparison import number
+from entrypoint.models.loading import ModelRef
+from entrypoint.run.record import card_subset
 
 _CARD_SETTINGS = ("quantization", "lora_r", "lora_alpha", "lora_dropout", "beta", "loss_type", "learning_rate",
                   "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "max_length", "seed")
 
 
-def _metadata(settings: JobSettings, model: Any, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+def _metadata(settings: JobSettings, model: ModelRef, record: dict[str, Any] | None = None) -> dict[str, Any]:
     tags = ["trl", "dpo", "lora", model.family.name]
     if settings.quantization == "4bit":
         tags.append("qlora")
@@ -23,10 +26,8 @@ def _metadata(settings: JobSettings, model: Any, provenance: dict[str, Any] | No
         meta = {"base_model": settings.model, **meta}
     if not settings.dataset.startswith(("sample:", "/", ".", "s3://")):
         meta["datasets"] = [settings.dataset]
-    if provenance:  # what made it: base revision, data fingerprints, code (the whole record: manifest.json)
-        from entrypoint.provenance import card_subset
-
-        meta["provenance"] = card_subset(provenance)
+    if record:  # what made it: base revision, data fingerprints, code (the whole record: manifest.json)
+        meta["provenance"] = card_subset(record)
     return meta
 
 
@@ -34,9 +35,6 @@ def _metrics_table(rows: list[dict[str, Any]]) -> list[str]:
     """metrics.json's "comparison": base model (adapter off) against the tuned one, on the held-out pairs."""
     if not rows:
         return ["No evaluation split (DPO_EVAL_FRACTION=0)."]
-
-    from entrypoint.evaluate import number
-
     lines = ["| metric | base | tuned | pairs or questions |", "|---|---|---|---|"]
     lines += [f"| {row['metric']} | {number(row['base'])} | {number(row['tuned'])} | {row['count'] or ''} |"
               for row in rows]
@@ -75,17 +73,17 @@ def _plots_section(plots: list[str]) -> list[str]:
     return ["## Training curves", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
 
 
-def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: dict[str, Any],
+def render(settings: JobSettings, model: ModelRef, report: dict[str, Any], metrics: dict[str, Any],
            plots: list[str] = (), load_kwargs: dict[str, Any] | None = None,
-           provenance: dict[str, Any] | None = None) -> str:
+           record: dict[str, Any] | None = None) -> str:
     """`load_kwargs`: config values the base model needs to match this adapter's processor (the image
-    grid DPO_MAX_IMAGE_TILES chose); `provenance`: the run's record (provenance.py), a subset goes in the metadata."""
+    grid DPO_MAX_IMAGE_TILES chose); `record`: the run record (run/record.py), a subset goes in the metadata."""
     values = settings.model_dump(mode="json")
     loader = "AutoModelForCausalLM" if not model.family.vision else model.family.model_class
     processor = "AutoProcessor" if model.family.vision else "AutoTokenizer"
     extra = "".join(f", {key}={value!r}" for key, value in (load_kwargs or {}).items())
     lines = [
-        "---", yaml.safe_dump(_metadata(settings, model, provenance), sort_keys=False).strip(), "---", "",
+        "---", yaml.safe_dump(_metadata(settings, model, record), sort_keys=False).strip(), "---", "",
         f"# DPO LoRA adapter for {settings.model}", "",
         f"Trained with DPO ({', '.join(values['loss_type'])}) on `{settings.dataset}` "
         f"({report.get('train_pairs')} train / {report.get('eval_pairs')} eval pairs, format "
@@ -103,7 +101,7 @@ def render(settings: JobSettings, model: Any, report: dict[str, Any], metrics: d
     return "\n".join(lines)
 
 
-def _how_to_load(settings: JobSettings, model: Any, loader: str, processor: str, extra: str) -> list[str]:
+def _how_to_load(settings: JobSettings, model: ModelRef, loader: str, processor: str, extra: str) -> list[str]:
     """Base + adapter with PEFT always; the merged model too when the run wrote one (DPO_MERGE=1)."""
     lines = [
         "## How to load", "",
@@ -136,7 +134,7 @@ def _how_to_load(settings: JobSettings, model: Any, loader: str, processor: str,
     return lines
 
 
-def _processor_notes(settings: JobSettings, model: Any) -> list[str]:
+def _processor_notes(settings: JobSettings, model: ModelRef) -> list[str]:
     """What a user's own code must do to see images as this adapter was trained to."""
     notes = []
     if model.family.image_only_processor:
@@ -151,9 +149,9 @@ def _processor_notes(settings: JobSettings, model: Any) -> list[str]:
     return [*notes, ""] if notes else []
 
 
-def write_model_card(adapter_dir: Path, settings: JobSettings, model: Any, report: dict[str, Any],
+def write_model_card(adapter_dir: Path, settings: JobSettings, model: ModelRef, report: dict[str, Any],
                      metrics: dict[str, Any], plots: list[str] = (), load_kwargs: dict[str, Any] | None = None,
-                     provenance: dict[str, Any] | None = None) -> Path:
+                     record: dict[str, Any] | None = None) -> Path:
     path = adapter_dir / "README.md"
-    path.write_text(render(settings, model, report, metrics, plots, load_kwargs, provenance))
+    path.write_text(render(settings, model, report, metrics, plots, load_kwargs, record))
     return path

@@ -1,4 +1,4 @@
-"""Scenario recipes: `DPO_PRESET=<name>` applies `entrypoint/presets/<name>.yaml`, and where each setting came from.
+"""Scenario recipes: `DPO_PRESET=<name>` applies `entrypoint/presets/<name>.yaml`.
 
 A preset is a small YAML mapping of settings, named as in settings.py (`DPO_` dropped, lower case):
 `model: ...`, `learning_rate: 5.0e-5`, `loss_type: [sigmoid, bco_pair, sft]`. It sits between the job's
@@ -7,25 +7,23 @@ environment's, and an error in one names the preset file and the key. Each file 
 saying what it is for and where its values come from; the first line of it is the preset's summary
 (README, `--help`).
 
-`PresetSource` is the pydantic-settings source that applies it (see `JobSettings.settings_customise_sources`);
-`provenance` says, for every setting, its value and whether it came from the default, the preset or the
-environment (`--dry-run` prints it, config.json records it).
+`PresetSource` is the pydantic-settings source that applies it (see `JobSettings.settings_customise_sources`).
+Which settings exist comes from the declaration it is given (`fields`: the settings class's `model_fields`), so
+this module sits below settings.py instead of importing it; origin.py says where each setting came from.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic_settings import PydanticBaseSettingsSource
 
+from entrypoint.config.names import env_name, is_secret_field
 from entrypoint.errors import ConfigError
-from entrypoint.settings import REDACTED, JobSettings, env_name, is_secret, public_dict, setting_names
 
-PRESET_DIR = Path(__file__).resolve().parent
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"  # entrypoint/presets/: the recipes, YAML only
 _PACKAGE_ROOT = PRESET_DIR.parents[1]  # the folder holding entrypoint/
 SUFFIX = ".yaml"
 
@@ -50,8 +48,8 @@ def summary(name: str) -> str:
     return ""
 
 
-def read(name: str) -> dict[str, Any]:
-    """The preset's settings as written, keys checked against the declaration (values are validated
+def read(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The preset's settings as written, keys checked against the declaration `fields` (values are validated
     with the rest of the settings). ConfigError: unknown preset, not YAML, unknown or secret key."""
     import yaml  # only when a preset is used
 
@@ -66,13 +64,13 @@ def read(name: str) -> dict[str, Any]:
         raise ConfigError(f"{location(name)}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{location(name)}: must be a mapping of `setting: value` lines")
-    fields = set(setting_names()) - {"preset"}
+    settable = set(fields) - {"preset"}
     for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key).lower().removeprefix("dpo_"), fields, n=1, cutoff=0.6)
+        if key not in settable:
+            close = difflib.get_close_matches(str(key).lower().removeprefix("dpo_"), settable, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else " (keys are setting names without DPO_, lower case)"
             raise ConfigError(f"{location(name)}: {key}: unknown setting{hint}")
-        if is_secret(key):
+        if is_secret_field(fields[key]):
             raise ConfigError(f"{location(name)}: {key}: a secret; set {env_name(key)} in the environment, "
                               "never in a file in the repository")
     return data
@@ -88,54 +86,12 @@ class PresetSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         name = self.current_state.get("preset")  # what the sources before this one (the environment) set
         name = name.strip() if isinstance(name, str) else None
-        return read(name) if name else {}
+        return read(name, self.settings_cls.model_fields) if name else {}
 
 
-def preset_key(environ: dict[str, str], field: str) -> str | None:
+def preset_key(environ: dict[str, str], field: str, fields: dict[str, Any]) -> str | None:
     """`preset NAME (its file): FIELD` when the value of `field` came from the preset, for error messages."""
     name = environ.get(env_name("preset"), "").strip()
     if not name or env_name(field) in environ or name not in names():
         return None
-    return f"{location(name)}: {field}" if field in read(name) else None
-
-
-def provenance(settings: JobSettings, environ: dict[str, str] | None = None) -> dict[str, tuple[Any, str]]:
-    """Every setting config.json records (`public_dict`: secrets redacted): its value and where it came
-    from, `default`, `preset <name>` or `env` (or `argument`, for settings built in code)."""
-    environ = {k.upper() for k in (os.environ if environ is None else environ)}
-    preset = read(settings.preset.strip()) if settings.preset else {}
-    out: dict[str, tuple[Any, str]] = {}
-    for name, value in public_dict(settings).items():
-        if name not in settings.model_fields_set:
-            source = "default"
-        elif env_name(name) in environ:
-            source = "env"
-        elif name in preset:
-            source = f"preset {settings.preset.strip()}"
-        else:
-            source = "argument"
-        out[name] = (value, source)
-    return out
-
-
-def sources(settings: JobSettings) -> dict[str, str]:
-    """Where each setting came from, for config.json."""
-    return {name: source for name, (_, source) in provenance(settings).items()}
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "(unset)"
-    if value == "":
-        return '""'
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def table(settings: JobSettings) -> str:
-    """The resolved settings, one aligned line each: variable, source, value (`--dry-run` prints it)."""
-    rows = [(env_name(name), source, _shown(value)) for name, (value, source) in provenance(settings).items()]
-    width = max(len(r[0]) for r in rows)
-    source_width = max(len(r[1]) for r in rows)
-    lines = [f"settings ({len(rows)}; source: default, preset <name> or env; secrets {REDACTED}):"]
-    lines += [f"  {var:<{width}}  {source:<{source_width}}  {value}" for var, source, value in rows]
-    return "\n".join(lines)
+    return f"{location(name)}: {field}" if field in read(name, fields) else None

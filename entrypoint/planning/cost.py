@@ -34,13 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from entrypoint import hub_access
-from entrypoint.plan import checkpointing
-from entrypoint.train import optimizer_steps
+from entrypoint.config.settings import JobSettings
+from entrypoint.models.loading import ModelRef
+from entrypoint.planning.memory import checkpointing, plan_for_run
+from entrypoint.planning.schedule import optimizer_steps
+from entrypoint.remote import hub
+from entrypoint.remote.refs import is_read_whole
 
 log = logging.getLogger("entrypoint")
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout (sky/ and bench/ live beside entrypoint/)
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (sky/ and bench/ live beside entrypoint/)
 THROUGHPUT_TABLE = Path("bench") / "throughput.json"
 MFU = 0.35  # assumed share of the bf16 peak a QLoRA DPO step reaches; measured figures replace it (see GPU below)
 DEFAULT_GPUS = ("A100", "A100-80GB", "H100")  # what sky/*.yaml rent today, where the YAMLs are not at hand
@@ -74,7 +77,7 @@ GPUS = {gpu.name: gpu for gpu in (
     Gpu("H100", 989.0, 79.1, (1.98, 2.55)),
 )}
 PRICES_SOURCE = ("spot $ a GPU-hour: GPU + 1-GPU host VM, cheapest to dearest GCP region in SkyPilot's catalog, "
-                 "read 2026-11-25 (sources in entrypoint/cost.py)")
+                 "read 2026-11-25 (sources in entrypoint/planning/cost.py)")
 
 
 # ---- FLOPs
@@ -159,17 +162,10 @@ def run_size(total_rows: int | None, rows_source: str, report: dict[str, Any], s
     return RunSize(rows, source, train, evaluation, round(train * epochs), optimizer_steps(settings, train), schedule)
 
 
-def is_local(ref: str) -> bool:
-    """Data read whole even by a dry run: generated samples, local files, s3:// (downloaded first)."""
-    from entrypoint.data.sources import SAMPLE_PREFIX, looks_local
-
-    return ref.startswith((SAMPLE_PREFIX, "s3://")) or looks_local(ref)
-
-
 def total_rows(ref: str, split: str, report: dict[str, Any], sampled: int) -> tuple[int | None, str]:
     """The split's row count and where it comes from. A dry run reads local data whole; of a Hub dataset it streams
     the first `sampled` rows only, so fewer than that is the whole split, and otherwise the Hub's metadata says."""
-    if is_local(ref):
+    if is_read_whole(ref):
         return report["rows_read"], "every row counted"
     if report["rows_read"] < sampled:
         return report["rows_read"], "the whole split (fewer rows than the sample)"
@@ -183,9 +179,9 @@ def hub_rows(ref: str, split: str) -> int | None:
     from huggingface_hub import HfApi
     from huggingface_hub.utils import build_hf_headers, get_session
 
-    if hub_access.offline() or "[" in split:
+    if hub.offline() or "[" in split:
         return None
-    token = hub_access.token()
+    token = hub.token()
     try:
         card = HfApi(token=token).dataset_info(ref).card_data
         rows = card_rows(card.to_dict() if card else {}, split)
@@ -285,7 +281,8 @@ def gpu_costs(names: list[str], flops_p50: float, flops_p95: float, pairs: int |
     for name in names:
         gpu = GPUS.get(name)
         if gpu is None:
-            rows.append(GpuCost(name, None, None, None, "no peak or price recorded in entrypoint/cost.py", "-"))
+            rows.append(GpuCost(name, None, None, None, "no peak or price recorded in entrypoint/planning/cost.py",
+                                "-"))
             continue
         fits = f"yes ({need_gib:.1f} of {gpu.usable_gib:.0f} GiB)" if need_gib <= gpu.usable_gib else \
             f"no ({need_gib:.1f} GiB > {gpu.usable_gib:.0f})"
@@ -367,13 +364,11 @@ def describe(settings: Any, size: ModelSize, run: RunSize, tokens: tuple[int, in
     ]
 
 
-def log_cost(settings: Any, model_ref: Any, processor: Any, report: dict[str, Any], sampled: int,
+def log_cost(settings: JobSettings, model_ref: ModelRef, processor: Any, report: dict[str, Any], sampled: int,
              rows: tuple[int, str] | None = None) -> list[str]:
     """--dry-run: log (and return) the cost estimate of the run these settings describe, for the model a `shapes:`
     model stands for at full size. `sampled`: the rows the dry run read; `rows`: a known row count and its source,
     instead of finding it."""
-    from entrypoint.plan import plan_for_run
-
     tokens_report = report.get("tokens")
     if not tokens_report:
         log.info("cost estimate: no tokens measured, nothing to estimate from")

@@ -11,7 +11,7 @@ and follows what the code does to memory, line by line:
   prepare_model_for_kbit_training upcasts them; without quantization, all in the compute dtype.
 - LoRA and optimizer: TRL casts QLoRA adapters to bf16 (fp32 otherwise); the gradients and AdamW's
   two moments take the same dtype. Modules trained in full (DPO_TRAIN_PROJECTOR) are a second copy of
-  their weights, kept in fp32 (train.keep_full_modules_in_fp32), with fp32 gradients and moments.
+  their weights, kept in fp32 (training/trainer.py, keep_full_modules_in_fp32), with fp32 gradients and moments.
 - activations, for one micro-batch of T = 2 x batch x length tokens (DPO runs the chosen and the
   rejected sequence of every pair together), the reference pass being freed before the policy's:
   with gradient checkpointing each decoder layer keeps its input, and one layer at a time is
@@ -33,8 +33,20 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from entrypoint.config.settings import JobSettings
 from entrypoint.errors import ConfigError
-from entrypoint.models.architecture import Architecture
+from entrypoint.models.architecture import Architecture, load_config
+from entrypoint.models.architecture import describe as describe_architecture
+from entrypoint.models.image_tokens import (
+    fewer_tokens_hint,
+    image_budget,
+    model_overrides,
+    patches_per_image,
+    tiles_per_image,
+)
+from entrypoint.models.loading import ModelRef, config_path
+from entrypoint.models.lora import lora_config
+from entrypoint.models.published import full_config
 
 log = logging.getLogger("entrypoint")
 
@@ -186,7 +198,7 @@ def as_dict(plan: MemoryPlan) -> dict[str, Any]:
 
 def checkpointing(settings: Any) -> bool:
     """Activation (gradient) checkpointing as the trainer resolves it: DPO_ACTIVATION_CHECKPOINTING when set, else
-    DPO_GRADIENT_CHECKPOINTING, the older name (train.dpo_config)."""
+    DPO_GRADIENT_CHECKPOINTING, the older name (training/trainer.py's dpo_config)."""
     chosen = getattr(settings, "activation_checkpointing", None)
     return bool(settings.gradient_checkpointing if chosen is None else chosen)
 
@@ -194,11 +206,6 @@ def checkpointing(settings: Any) -> bool:
 def run_config(model: Any, processor: Any, published: bool = False) -> Any:
     """The model's config as this run builds it (the processor's overrides applied: LLaVA-NeXT's grid);
     `published`: the full-size checkpoint's a `shapes:` model stands for, instead of the model's own."""
-    from entrypoint.models.architecture import load_config
-    from entrypoint.models.image_tokens import model_overrides
-    from entrypoint.models.loading import config_path
-    from entrypoint.models.published import full_config
-
     overrides = model_overrides(model.family, processor) if model.family.vision else {}
     if not published:
         return load_config(config_path(model), overrides)
@@ -212,10 +219,6 @@ def plan_for_run(settings: Any, model: Any, processor: Any, tokens: dict[str, An
                  published: bool = False) -> tuple[Any, Any, Any]:
     """(architecture, plan at the longest pair, plan at the p95 pair) for this run's settings and data;
     `published`: for the full-size checkpoint a `shapes:` model stands for, instead of the model itself."""
-    from entrypoint.models.architecture import describe as describe_architecture
-    from entrypoint.models.image_tokens import patches_per_image, tiles_per_image
-    from entrypoint.train import lora_config
-
     vision = model.family.vision
     config = run_config(model, processor, published)
     arch = describe_architecture(config, model.family, lora_config(settings, model.family))
@@ -265,10 +268,8 @@ def _check_merge(settings: Any, arch: Architecture, device: float | None) -> Non
         log.warning(message)
 
 
-def check_memory(settings: Any, model_ref: Any, processor: Any, report: dict[str, Any]) -> MemoryPlan:
+def check_memory(settings: JobSettings, model_ref: ModelRef, processor: Any, report: dict[str, Any]) -> MemoryPlan:
     """Log the memory plan; on a GPU it does not fit, refuse to start (DPO_MEMORY_CHECK=false starts anyway)."""
-    from entrypoint.models.image_tokens import fewer_tokens_hint, image_budget
-
     arch, plan, at_p95 = plan_for_run(settings, model_ref, processor, report.get("tokens"))
     for line in describe(plan, arch, settings.quantization, at_p95):
         log.info(line)
