@@ -10,8 +10,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/cache/huggingface \
+    TRITON_CACHE_DIR=/cache/triton \
     DPO_CACHE_DIR=/cache/dpo-job \
     DPO_OUTPUT_DIR=/outputs
+
+# On CUDA, TRL computes log-probabilities with Triton kernels, and Triton builds each kernel's C launcher with gcc
+# (or $CC) at first use, against Python.h (the base has it): gcc and the C library's headers, no more. Their
+# versions are the base's Debian release's, as its own libc6 is (pinning them would break at the next point
+# release); `make image-smoke` builds a C extension with Triton's own build function, as uid 1000.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 dpo \
     && mkdir -p /cache /outputs /app \
@@ -24,20 +34,23 @@ COPY requirements.lock ./
 RUN python -m pip install --require-hashes --no-deps -r requirements.lock
 
 # Then the project itself, without dependencies (they are all in the lock; setuptools too, hence
-# no build isolation: nothing is fetched that the lock does not pin).
+# no build isolation: nothing is fetched that the lock does not pin). The installed package is what runs (the
+# source copy goes), with requirements.lock beside it: the run record hashes it (run/record.py, lock_file).
 COPY pyproject.toml README.md ./
 COPY entrypoint ./entrypoint
 RUN python -m pip install --no-deps --no-build-isolation . \
-    && rm -rf build
+    && cp requirements.lock "$(python -P -c 'import entrypoint, os; print(os.path.dirname(entrypoint.__file__))')/" \
+    && rm -rf build entrypoint
 
 USER 1000:1000
 # Downloads (HF_HOME) and results outlive the container: mount volumes here.
 VOLUME ["/cache", "/outputs"]
-# Exactly what the end-to-end tests run. Several GPUs: --entrypoint python ... -m entrypoint.launch
-ENTRYPOINT ["python", "-m", "entrypoint"]
+# The launcher: the job itself on one GPU (or none), one process per GPU through torchrun with several
+# (`docker run --gpus all --ipc=host`: NCCL needs more shared memory than Docker's default 64 MiB).
+ENTRYPOINT ["python", "-m", "entrypoint.launch"]
 
 # Last, so that a new commit changes only metadata (`make image` passes both). The job records the commit in
-# manifest.json's provenance (there is no git checkout in the image); requirements.lock stays in /app for its hash.
+# manifest.json's provenance (there is no git checkout in the image); requirements.lock is in the package for its hash.
 # Whoever starts the container can pass its digest as DPO_IMAGE_DIGEST: an image cannot know its own.
 ARG VERSION=0.1.0
 ARG REVISION=unknown

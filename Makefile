@@ -10,10 +10,12 @@ SKY_VENV ?= .venv-sky
 TORCH_SPEC ?= torch==$(shell sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements.lock)
 TORCH_INDEX ?=
 IMAGE ?= dpo-job:dev
-# What `make demo` runs: the embedded default (tiny LLaVA-NeXT, generated RLAIF-V sample, 4-bit QLoRA on CPU).
+# What `make demo` runs: the embedded default (tiny LLaVA-NeXT, generated RLAIF-V sample, 4-bit QLoRA on CPU),
+# judged on a generated POPE sample (yes/no questions about objects that are and are not in each image).
 DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES=64 DPO_MAX_STEPS=40 \
 	DPO_PER_DEVICE_TRAIN_BATCH_SIZE=4 DPO_GRADIENT_ACCUMULATION_STEPS=1 DPO_LEARNING_RATE=5e-3 \
-	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_FRACTION=0.25 DPO_OUTPUT_DIR=outputs/demo \
+	DPO_LOGGING_STEPS=5 DPO_SAVE_STEPS=20 DPO_EVAL_DATASET=sample:pope DPO_MAX_EVAL_PAIRS=24 \
+	DPO_OUTPUT_DIR=outputs/demo \
 	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
 
 .PHONY: install browser demo test lint lock docs image image-smoke image-tools bench bench-quant bench-gpu bench-data bench-settings bench-encode-once package-check clean

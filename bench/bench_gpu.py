@@ -16,6 +16,14 @@ MFU counts the model FLOPs of a DPO step per token of the decoder: the policy's 
 through frozen weights (2N, activation gradients only), the reference forward (2N), plus attention
 (causal: 2 x length x hidden x layers per pass, 3 passes); recomputation by gradient checkpointing is not
 counted (the usual convention). The vision tower's share (~2% of the FLOPs) is left out.
+
+On a GPU it also checks what no CPU test can reach, each a line PASS or FAIL (exit 1 on any FAIL):
+- TRL's Triton log-prob kernels compile (Triton's C launcher built with the image's gcc) and match torch;
+- the trained adapter is fp32 (training/trainer.py, keep_trained_weights_in_fp32);
+- the measured peak is within 15% of the memory plan at 1 tile and at full anyres;
+- out of memory (torch's allocator capped a little above the weights) is exit 3 with the job's message;
+- encoding each image once a step gives TRL's loss and gradients on CUDA, in bf16 (shapes:llava-next).
+All of it, model build included, fits in one prepared command of under 8 minutes on one H100/H200.
 """
 
 from __future__ import annotations
@@ -78,8 +86,7 @@ def decoder_flops_per_token(config: object, length: float) -> float:
     return 3 * (2 * decoder + 2 * attention)  # policy forward + backward (activations) + reference forward
 
 
-def run_job(model: str, tiles: int | None, args: argparse.Namespace, cache: Path) -> dict[str, object]:
-    output = Path(tempfile.mkdtemp(prefix=f"bench-gpu-{tiles or 'anyres'}-"))
+def job_env(model: str, tiles: int | None, args: argparse.Namespace, cache: Path, output: Path) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DPO_MODEL": model, "DPO_DATASET": "sample:rlaif-v-photos",
            "DPO_MAX_SAMPLES": str(args.rows), "DPO_MAX_STEPS": str(args.steps),
            "DPO_PER_DEVICE_TRAIN_BATCH_SIZE": str(args.batch), "DPO_GRADIENT_ACCUMULATION_STEPS": "1",
@@ -88,6 +95,12 @@ def run_job(model: str, tiles: int | None, args: argparse.Namespace, cache: Path
            "DPO_USE_LIGER_KERNEL": "1" if args.liger else "0"}
     if tiles:
         env["DPO_MAX_IMAGE_TILES"] = str(tiles)
+    return env
+
+
+def run_job(model: str, tiles: int | None, args: argparse.Namespace, cache: Path) -> dict[str, object]:
+    output = Path(tempfile.mkdtemp(prefix=f"bench-gpu-{tiles or 'anyres'}-"))
+    env = job_env(model, tiles, args, cache, output)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "entrypoint"], env=env, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
@@ -98,10 +111,99 @@ def run_job(model: str, tiles: int | None, args: argparse.Namespace, cache: Path
     tokens = history[-1]["num_tokens"] if history else None
     return {"wall_s": time.perf_counter() - started, "train_s": metrics["train"]["train_runtime"],
             "samples_per_s": metrics["train"]["train_samples_per_second"], "tokens": tokens,
-            "pair_tokens_p50": report["tokens"]["pair_tokens"]["p50"], "memory": metrics["memory"]}
+            "pair_tokens_p50": report["tokens"]["pair_tokens"]["p50"], "memory": metrics["memory"],
+            "adapter": output / "adapter"}
 
 
-def main() -> None:
+# ---- what only a GPU can check (module docstring)
+
+def check_triton_kernels() -> tuple[bool, str]:
+    """TRL's chunked log-prob function on CUDA (its Triton kernels: compiled, their C launcher built) against torch."""
+    import torch
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction, _use_triton
+
+    device = torch.device("cuda")
+    generator = torch.Generator(device=device).manual_seed(0)
+    hidden = torch.randn(96, 256, device=device, generator=generator, requires_grad=True)
+    weight = torch.randn(1000, 256, device=device, generator=generator)
+    targets = torch.randint(0, 1000, (96,), device=device, generator=generator)
+    logps = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, 256, None, 1.0, ())[0]
+    logps.sum().backward()
+    expected = torch.log_softmax(hidden.detach() @ weight.T, dim=-1).gather(1, targets[:, None]).squeeze(1)
+    error = (logps.detach() - expected).abs().max().item()
+    ok = _use_triton(device) and error < 1e-3 and hidden.grad is not None and bool(hidden.grad.isfinite().all())
+    return ok, f"Triton used: {_use_triton(device)}; forward max error {error:.1e}; backward ran"
+
+
+def check_adapter_fp32(adapter: Path) -> tuple[bool, str]:
+    from safetensors.torch import load_file
+
+    dtypes = sorted({str(t.dtype) for t in load_file(adapter / "adapter_model.safetensors").values()})
+    return dtypes == ["torch.float32"], f"adapter tensors: {', '.join(dtypes)}"
+
+
+def check_plan(rows: dict[str, dict[str, object]]) -> tuple[bool, str]:
+    ratios = {name: row["memory"]["plan"]["peak_gib"] / row["memory"]["peak_allocated_gib"]
+              for name, row in rows.items()}
+    return all(0.85 <= r <= 1.15 for r in ratios.values()), ", ".join(f"{n}: plan/measured {r:.2f}"
+                                                                       for n, r in ratios.items())
+
+
+def check_out_of_memory(model: str, args: argparse.Namespace, cache: Path, weights_gib: float) -> tuple[bool, str]:
+    """The job at full anyres with torch's allocator capped 1.5 GiB above the weights: exit 3 and its message."""
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    fraction = min(0.9, (weights_gib + 1.5) / total)
+    output = Path(tempfile.mkdtemp(prefix="bench-gpu-oom-"))
+    env = {**job_env(model, None, argparse.Namespace(**{**vars(args), "steps": 2, "batch": 2}), cache, output),
+           "DPO_MEMORY_CHECK": "false"}
+    code = (f"import sys, torch; torch.cuda.set_per_process_memory_fraction({fraction!r}); "
+            "from entrypoint.__main__ import main; sys.exit(main([]))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    said = next((line for line in result.stderr.splitlines() if line.startswith("out of memory: ")), "")
+    ok = result.returncode == 3 and "the GPU ran out of memory in " in said and "To lower memory: " in said \
+        and "Traceback" not in result.stderr
+    return ok, f"exit {result.returncode}, capped at {fraction * total:.1f} GiB: {said[:300] or result.stderr[-300:]}"
+
+
+def check_encode_once(cache: Path) -> tuple[bool, str]:
+    """One DPO batch of shapes:llava-next (4-bit, as the job loads it) with and without encode-once, on CUDA."""
+    import torch
+
+    from entrypoint.config.settings import load_settings
+    from entrypoint.data.stage import prepare_pairs
+    from entrypoint.models.loading import load_model, load_processor, resolve_model
+    from entrypoint.training.trainer import build_trainer, dpo_config
+
+    out = {}
+    for once in (False, True):
+        os.environ.update({"DPO_MODEL": "shapes:llava-next", "DPO_DATASET": "sample:rlaif-v-photos",
+                           "DPO_CACHE_DIR": str(cache), "DPO_LORA_DROPOUT": "0", "DPO_MAX_LENGTH": "8192",
+                           "DPO_ENCODE_IMAGES_ONCE": str(once).lower()})
+        settings = load_settings()
+        ref = resolve_model(settings.model, "auto", None, cache)
+        processor = load_processor(ref)
+        args = dpo_config(settings, cache / "encode-once-checkpoints", "encode-once")
+        data = prepare_pairs(settings, cache, processor, ref.family, args.max_length, max_samples=4)
+        torch.manual_seed(0)
+        trainer = build_trainer(settings, load_model(ref, "4bit", processor=processor), ref.family, processor,
+                                data.train, None, args)
+        trainer.model.train()
+        batch = trainer._prepare_inputs(dict(trainer.data_collator([data.train[i] for i in range(2)])))
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = torch.cat([p.grad.float().flatten() for p in trainer.model.parameters() if p.grad is not None])
+        out[once] = (loss.item(), grads)
+        del trainer
+        torch.cuda.empty_cache()
+    (plain, plain_grads), (once_loss, once_grads) = out[False], out[True]
+    cosine = torch.nn.functional.cosine_similarity(plain_grads, once_grads, dim=0).item()
+    ok = abs(plain - once_loss) <= 1e-2 * abs(plain) and cosine > 0.999
+    return ok, f"loss {plain:.5f} vs {once_loss:.5f} once; gradient cosine {cosine:.6f}"
+
+
+def main() -> int:
     import torch
 
     from entrypoint.models.published import full_config
@@ -122,6 +224,7 @@ def main() -> None:
     print(f"device: {device}; model: {model}; batch {args.batch}, {args.steps} steps, 4-bit QLoRA r16")
     print("| setting | samples/s | tokens/s | pair tokens p50 | peak GiB (measured) | plan GiB | plan/measured | MFU |")
     print("|---|---|---|---|---|---|---|---|")
+    rows: dict[str, dict[str, object]] = {}
     for tiles in (1, None):
         row = run_job(model, tiles, args, cache)
         tokens_per_s = row["tokens"] / row["train_s"] if row["tokens"] else None
@@ -133,8 +236,27 @@ def main() -> None:
             mfu = f"{100 * flops * tokens_per_s / (peak * 1e12):.1f}%"
         print(f"| {'1 tile' if tiles else 'full anyres'} | {row['samples_per_s']:.2f} | "
               f"{tokens_per_s or float('nan'):.0f} | {row['pair_tokens_p50']} | {measured if measured else 'n/a'} | "
-              f"{planned:.2f} | {ratio} | {mfu} |")
+              f"{planned:.2f} | {ratio} | {mfu} |", flush=True)
+        rows["1 tile" if tiles else "full anyres"] = row
+    if not gpu:
+        print("checks on a GPU: skipped (no GPU here)")
+        return 0
+    checks = [("TRL's Triton kernels", check_triton_kernels), ("adapter in fp32", lambda: check_adapter_fp32(
+        rows["1 tile"]["adapter"])), ("peak within 15% of the plan", lambda: check_plan(rows)),
+        ("out of memory: exit 3", lambda: check_out_of_memory(model, args, cache,
+                                                              rows["1 tile"]["memory"]["plan"]["weights_gib"])),
+        ("encode-once on CUDA", lambda: check_encode_once(cache))]
+    failed = 0
+    print("| check | result | detail |\n|---|---|---|")
+    for name, check in checks:
+        try:
+            ok, detail = check()
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a FAIL with its reason
+            ok, detail = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        failed += not ok
+        print(f"| {name} | {'PASS' if ok else 'FAIL'} | {detail} |", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""`python -m entrypoint`: read the settings, run the job, turn user errors into exit code 2."""
+"""`python -m entrypoint`: read the settings, run the job, turn what a user can act on into its exit code (2: a bad
+setting or input, 3: out of GPU memory, 75: preempted; errors.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import logging
 import os
 import sys
 
-from entrypoint.errors import EXIT_BUG, EXIT_CONFIG, EXIT_OK, EXIT_PREEMPTED, ConfigError, Preempted
+from entrypoint.errors import (
+    EXIT_BUG,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_PREEMPTED,
+    ConfigError,
+    OutOfMemory,
+    Preempted,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -45,16 +55,22 @@ def main(argv: list[str]) -> int:
         first_rank = os.environ.get("RANK", "0") == "0"
         if recorded:
             announce(recorded, settings, show=first_rank)
-        if "--dry-run" in argv and first_rank:  # one table, not one a process
+        dry_run = "--dry-run" in argv
+        if dry_run and first_rank:  # one table, not one a process
             from entrypoint.config.origin import table
 
             print(table(settings), flush=True)
+        if not dry_run and (code := earlier_failure_code(settings)):
+            return code
         from entrypoint.job import run  # the stages' modules load once the settings are good
 
-        result = run(settings, dry_run="--dry-run" in argv, recorded=recorded)
+        result = run(settings, dry_run=dry_run, recorded=recorded)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except OutOfMemory as exc:
+        print(f"out of memory: {exc}", file=sys.stderr)
+        return failed(settings, EXIT_OUT_OF_MEMORY, str(exc))
     except Preempted as exc:
         print(f"preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -64,6 +80,29 @@ def main(argv: list[str]) -> int:
     if result is not None:
         print(result.summary())
     return EXIT_OK
+
+
+def earlier_failure_code(settings) -> int | None:
+    """An earlier attempt of this SkyPilot managed job ended with a failure retrying cannot fix (run/failed.py): the
+    same exit code at once, not a second model load."""
+    from entrypoint.run.failed import earlier_failure
+    from entrypoint.run.paths import run_paths
+
+    earlier = earlier_failure(run_paths(settings).checkpoint_dir)
+    if earlier is None:
+        return None
+    print(f"error: not retried: this managed job's last attempt ended with exit {earlier['exit_code']}, and the same "
+          f"settings end the same way; change them and launch again. It said: {earlier['message']}", file=sys.stderr)
+    return int(earlier["exit_code"])
+
+
+def failed(settings, code: int, message: str) -> int:
+    """Record a failure retrying cannot fix for SkyPilot's restarts; returns `code`."""
+    from entrypoint.run.failed import record_failure
+    from entrypoint.run.paths import run_paths
+
+    record_failure(run_paths(settings).checkpoint_dir, code, message)
+    return code
 
 
 def cli() -> None:

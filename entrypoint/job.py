@@ -25,16 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from entrypoint.config.settings import JobSettings, public_dict
-from entrypoint.data.formats import FORMATS
 from entrypoint.data.prepare import PreparedData
-from entrypoint.data.sources import check_image_dir, check_source
-from entrypoint.data.stage import log_data_report, prepare_pairs
+from entrypoint.data.stage import check_sources, eval_has_answers, log_data_report, prepare_pairs
 from entrypoint.errors import ConfigError, Preempted
 from entrypoint.evaluation.comparison import comparison_lines
 from entrypoint.evaluation.evaluate import evaluate_trained, reward_metrics, with_step0
+from entrypoint.machine import check_gpus, use_cpu_threads
 from entrypoint.models.families import Family
 from entrypoint.models.image_tokens import model_overrides
-from entrypoint.models.loading import ModelRef, load_model, load_processor, resolve_model
+from entrypoint.models.loading import ModelRef, load_model, load_processor, model_width, resolve_model
 from entrypoint.planning.cost import log_cost
 from entrypoint.planning.memory import as_dict, check_memory, peak_allocated_gib
 from entrypoint.planning.schedule import eval_schedule, log_eval_cost
@@ -46,6 +45,7 @@ from entrypoint.run.prepared import prepared_data
 from entrypoint.run.record import run_record
 from entrypoint.run.rerun import Recorded, check_drift
 from entrypoint.run.state import RunState
+from entrypoint.training.out_of_memory import explained
 from entrypoint.training.tracking import log_evaluation, setup_wandb
 
 if TYPE_CHECKING:
@@ -85,11 +85,15 @@ def run(settings: JobSettings, dry_run: bool = False, recorded: Recorded | None 
 # ---- check: nothing is loaded yet
 
 def check(settings: JobSettings, paths: RunPaths) -> ModelRef:
-    """Checks that need no model weights: the folders the run writes, the model, the data, where results go."""
+    """Checks that need no model weights: the GPUs, the folders the run writes, the model, the data, where results
+    go."""
+    for warning in check_gpus(settings.allow_cpu):
+        log.warning(warning)
     check_writable(paths)
     model_ref = resolve_model(settings.model, settings.model_family, settings.model_revision, paths.cache_dir)
-    check_source(settings.dataset, settings.dataset_revision)
-    check_image_dir(settings.image_dir)
+    if threads := use_cpu_threads(model_width(model_ref)):
+        log.info(threads)
+    check_sources(settings)  # DPO_DATASET, DPO_EVAL_DATASET, DPO_IMAGE_DIR
     check_destinations(settings, paths)
     return model_ref
 
@@ -148,10 +152,11 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: ModelR
     data, record = prepare_data(settings, paths, model_ref, processor, args, state, ranks, recorded)
     plan = check_memory(settings, model_ref, processor, data.report)
     training = train(settings, paths, model_ref, processor, data, args, ranks, record)
-    evaluated = evaluate_trained(training.trainer, processor, data.eval, before=training.before,
-                                 generations=settings.eval_generations, run_dir=paths.output_dir,
-                                 ground_truth=FORMATS[data.report["format"]].ground_truth,
-                                 is_main=ranks.is_main_process)
+    with explained(training.trainer, settings, model_ref, processor, data.report):
+        evaluated = evaluate_trained(training.trainer, processor, data.eval, before=training.before,
+                                     generations=settings.eval_generations, run_dir=paths.output_dir,
+                                     ground_truth=eval_has_answers(data.report),
+                                     is_main=ranks.is_main_process)
     if not ranks.is_main_process:
         return {}
     metrics = {"train": training.summary(),
@@ -184,7 +189,7 @@ def prepare_data(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, pr
 class Training:
     """What training left: the trainer (its model, state and log history), the evaluation before it, its outcome."""
 
-    trainer: Any  # training/trainer.py's ResumableDPOTrainer
+    trainer: Any  # training/trainer.py's JobDPOTrainer
     before: dict[str, float]  # DPO reward metrics at step 0, where the policy is the reference
     result: Any  # transformers' TrainOutput
     resumed_from: Path | None
@@ -218,17 +223,18 @@ def train(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, processor
     model = load_model(model_ref, settings.quantization, settings.distributed, processor)
     trainer = build_trainer(settings, model, model_ref.family, processor, data.train, data.eval, args, callbacks)
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; ProgressLogCallback logs instead
-    # Evaluated on every attempt, resumed ones too: an evaluation before training changes the numerics of the
-    # steps after it, so an exact resume must repeat it. At step 0 the policy is the reference, so the result is
-    # the same every time.
-    before = reward_metrics(trainer)
-    log_eval_cost(before, args, data.report, eval_every, ranks.num_processes)
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-    start_collecting_garbage()
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
+    with explained(trainer, settings, model_ref, processor, data.report):  # exit 3, with what to change
+        # Evaluated on every attempt, resumed ones too: an evaluation before training changes the numerics of the
+        # steps after it, so an exact resume must repeat it. At step 0 the policy is the reference, so the result
+        # is the same every time.
+        before = reward_metrics(trainer)
+        log_eval_cost(before, args, data.report, eval_every, ranks.num_processes)
+        if resume_from:
+            log.info("resuming from %s", resume_from)
+        start_collecting_garbage()
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        seconds = time.perf_counter() - started
     if saving.preempted:
         raise Preempted(f"stopped at step {result.global_step} by SIGTERM; checkpoint saved in {paths.checkpoint_dir}")
     trainer.save_model(str(paths.adapter_dir))  # every rank: sharded strategies gather the weights

@@ -1,14 +1,15 @@
-"""Start the job on every GPU of every node: `python -m entrypoint.launch` (what sky/*.yaml run).
+"""Start the job on every GPU of every node: `python -m entrypoint.launch` (the image's entrypoint; what sky/*.yaml
+run).
 
 One process per GPU. DDP (the default) goes through torchrun; DeepSpeed ZeRO-2 and FSDP through
 `accelerate launch` with the ready configs in entrypoint/accelerate_configs/ (DPO_DISTRIBUTED picks).
 Nodes and GPUs come from SkyPilot's variables (SKYPILOT_NODE_IPS, SKYPILOT_NODE_RANK,
 SKYPILOT_NUM_NODES, SKYPILOT_NUM_GPUS_PER_NODE); elsewhere (`docker run --gpus all`) it is one node
-with every visible GPU. With one process in all, the job runs directly.
+with every visible GPU. With one process in all (one GPU, or none), the job runs directly; so does `--help`.
 
 Exit codes reach SkyPilot as the job's own: torchrun reports any failed worker as 1, so the launcher
-runs it in this process and passes the workers' code on (2: bad setting, never retried; 75: stopped
-by SIGTERM after saving, recovered). On SIGTERM (a spot notice) the workers get it too and have
+runs it in this process and passes the workers' code on (2: bad setting or input; 3: out of GPU memory; 75:
+stopped by SIGTERM after saving, recovered). On SIGTERM (a spot notice) the workers get it too and have
 SHUTDOWN_TIMEOUT_S to finish the step and save before they are killed (torchrun's default is 30 s).
 """
 
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from entrypoint.errors import EXIT_CONFIG, EXIT_PREEMPTED, ConfigError
+from entrypoint.errors import EXIT_CONFIG, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED, ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "accelerate_configs"
 ACCELERATE_CONFIGS = {"deepspeed-zero2": "deepspeed_zero2.yaml", "fsdp": "fsdp_qlora.yaml"}
@@ -50,12 +51,6 @@ def launch_command(environ: dict[str, str], distributed: str, job_args: list[str
             "--main_process_ip", main_ip, "--main_process_port", PORT, *job]
 
 
-def visible_gpus() -> int:
-    import torch
-
-    return max(1, torch.cuda.device_count())
-
-
 def check_strategy(distributed: str) -> None:
     """A strategy whose package is missing fails here, in a second, not after the model is downloaded."""
     if distributed == "deepspeed-zero2" and importlib.util.find_spec("deepspeed") is None:
@@ -73,7 +68,7 @@ def exit_code(worker_codes: Iterable[int]) -> int:
     codes = {EXIT_PREEMPTED if code == -signal.SIGTERM else code for code in worker_codes}
     if len(codes) > 1:
         codes.discard(EXIT_PREEMPTED)
-    return codes.pop() if len(codes) == 1 and codes <= {EXIT_CONFIG, EXIT_PREEMPTED} else 1
+    return codes.pop() if len(codes) == 1 and codes <= {EXIT_CONFIG, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED} else 1
 
 
 def run_workers(command: list[str]) -> int:
@@ -105,8 +100,11 @@ def run_workers(command: list[str]) -> int:
 
 def main() -> int:
     from entrypoint.config.settings import load_settings
+    from entrypoint.machine import visible_gpus
     from entrypoint.run.rerun import from_run_argument, start
 
+    if {"--help", "-h"} & set(sys.argv[1:]):  # the reference, whatever the settings say
+        os.execv(sys.executable, [sys.executable, "-m", "entrypoint", *sys.argv[1:]])
     try:
         from_run, _ = from_run_argument(sys.argv[1:])
         if from_run:  # the recorded settings (DPO_DISTRIBUTED too), in the environment every worker inherits
@@ -117,7 +115,7 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     environ = dict(os.environ)
-    environ.setdefault("SKYPILOT_NUM_GPUS_PER_NODE", str(visible_gpus()))
+    environ.setdefault("SKYPILOT_NUM_GPUS_PER_NODE", str(max(1, visible_gpus())))
     command = launch_command(environ, settings.distributed, sys.argv[1:])
     print("launch:", " ".join(command), file=sys.stderr, flush=True)
     if command[2] == "entrypoint":

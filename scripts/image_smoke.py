@@ -6,16 +6,21 @@ Stages, each timed:
              (below) built once and reused.
 3. build   - the Dockerfile on disk, with only its FROM line swapped when the stand-in is used (the swapped
              text goes through stdin; the file is not touched).
-4. user    - the image runs as uid 1000, not root.
-5. refuse  - an output folder that uid 1000 cannot write (mode 555): exit 2 and one line naming it, no traceback.
-6. demo    - the embedded default (tiny model, bundled sample) with no network, as uid 1000, into volumes.
-7. outputs - checked from outside the image: adapter/, metrics.json, config.json, data_report.json,
-             manifest.json, every file's size and sha256 as the manifest records them, all written by uid 1000.
+4. user    - the image runs as uid 1000, not root, and its entrypoint is the launcher (`python -m entrypoint.launch`).
+5. compiler - what Triton needs to build a kernel's launcher on a GPU (TRL's log-prob kernels): as uid 1000, with
+             no network, Triton's own build function (triton.runtime.build.compile_module_from_src) compiles a C
+             extension against Python.h and Triton's cuda.h, into Triton's cache on the /cache volume, and loads it.
+6. refuse  - an output folder that uid 1000 cannot write (mode 555): exit 2 and one line naming it, no traceback.
+7. demo    - the embedded default (tiny model, bundled sample) through the entrypoint, with no network, as uid 1000,
+             into volumes.
+8. outputs - checked from outside the image: adapter/, metrics.json, config.json, data_report.json,
+             manifest.json, every file's size and sha256 as the manifest records them, all written by uid 1000, and
+             the manifest's provenance carrying requirements.lock's sha256 (the installed package's copy).
 
 The stand-in: Debian bookworm made with debootstrap from the Debian mirror apt uses, with Python 3.11 (the pinned
-base's minor version) in a venv on PATH, and the host's extra CA certificates (package traffic may pass a
-TLS-intercepting proxy). It stands in for `python:3.11.x-slim-bookworm` only where that cannot be pulled: same
-Debian release, same Python minor version, `python` and `pip` on PATH.
+base's minor version, with its headers, as the python image has them) in a venv on PATH, and the host's extra CA
+certificates (package traffic may pass a TLS-intercepting proxy). It stands in for `python:3.11.x-slim-bookworm`
+only where that cannot be pulled: same Debian release, same Python minor version, `python` and `pip` on PATH.
 
 Needs root (or a running engine) and, for the stand-in, `debootstrap`: `apt-get install -y docker.io debootstrap`.
 Standard library only, so any python3 runs it.
@@ -36,16 +41,38 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STANDIN = "dpo-job-standin-base:python3.11-bookworm"
+STANDIN = "dpo-job-standin-base:python3.11-bookworm-2"  # bump when build_standin changes: a stale one is not reused
 STANDIN_PYTHON = "/opt/python"  # the venv the stand-in puts on PATH
 JOB_UID = 1000  # the Dockerfile's USER
+ENTRYPOINT = ["python", "-m", "entrypoint.launch"]
+# A C extension built the way Triton builds its CUDA launcher: Triton's function, Python.h, Triton's own cuda.h
+# (CUDA_VERSION proves it was found). No libcuda is linked: there is no GPU here, and the launcher's link is the
+# driver's business, not the image's.
+TRITON_C = r"""
+#include <Python.h>
+#include <cuda.h>
+static PyObject* cuda_version(PyObject* self, PyObject* args) { return PyLong_FromLong(CUDA_VERSION); }
+static PyMethodDef methods[] = {{"cuda_version", cuda_version, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "dpo_triton_check", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_dpo_triton_check(void) { return PyModule_Create(&module); }
+"""
+TRITON_CHECK = f"""
+import os, pathlib, shutil
+import triton
+from triton.runtime.build import compile_module_from_src
+include = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "include"
+module = compile_module_from_src({TRITON_C!r}, "dpo_triton_check", include_dirs=[str(include)])
+cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+print(f"{{cc}} built {{module.__name__}} (CUDA_VERSION {{module.cuda_version()}}) with triton {{triton.__version__}} "
+      f"as uid {{os.getuid()}}, cache {{os.environ.get('TRITON_CACHE_DIR')}}")
+"""
 RUN_FILES = ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "metrics.json", "config.json",
              "data_report.json", "manifest.json")
 # The demo's settings (the Makefile's DEMO_ENV, without wandb: the image's job reports to no tracker by default).
 DEMO_ENV = {"DPO_MODEL": "tiny:llava-next", "DPO_DATASET": "sample:rlaif-v", "DPO_MAX_SAMPLES": "64",
             "DPO_MAX_STEPS": "40", "DPO_PER_DEVICE_TRAIN_BATCH_SIZE": "4", "DPO_GRADIENT_ACCUMULATION_STEPS": "1",
             "DPO_LEARNING_RATE": "5e-3", "DPO_LOGGING_STEPS": "5", "DPO_SAVE_STEPS": "20",
-            "DPO_EVAL_FRACTION": "0.25", "DPO_RUN_NAME": "image-smoke"}
+            "DPO_EVAL_DATASET": "sample:pope", "DPO_MAX_EVAL_PAIRS": "24", "DPO_RUN_NAME": "image-smoke"}
 
 
 class SmokeFailed(Exception):
@@ -126,7 +153,8 @@ def build_standin(work: Path) -> None:
                           "`apt-get install -y debootstrap` (as root)")
     rootfs = Path(tempfile.mkdtemp(prefix="standin-", dir=work))
     try:
-        sh("debootstrap", "--variant=minbase", "--include=python3.11,python3.11-venv,python3-venv,ca-certificates",
+        sh("debootstrap", "--variant=minbase",
+           "--include=python3.11,python3.11-venv,python3-venv,libpython3.11-dev,ca-certificates",
            "bookworm", str(rootfs), debian_mirror(), capture=True)
         extra_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
         for cert in extra_cas:
@@ -183,7 +211,20 @@ def check_user(image: str) -> str:
              capture=True).stdout.strip()
     if uid != str(JOB_UID):
         raise SmokeFailed(f"the image runs as uid {uid} (USER {configured!r}), not {JOB_UID}")
-    return f"USER {configured}, id -u {uid}"
+    entrypoint = json.loads(sh("docker", "image", "inspect", "-f", "{{json .Config.Entrypoint}}", image,
+                               capture=True).stdout)
+    if entrypoint != ENTRYPOINT:
+        raise SmokeFailed(f"the image's entrypoint is {entrypoint}, not the launcher {ENTRYPOINT}")
+    return f"USER {configured}, id -u {uid}, entrypoint {' '.join(entrypoint)}"
+
+
+def check_compiler(image: str) -> str:
+    """Triton's C build, as the job's user, with no network (module docstring, stage 5)."""
+    result = sh("docker", "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", TRITON_CHECK,
+                check=False, capture=True, timeout=300)
+    if result.returncode != 0:
+        raise SmokeFailed(f"Triton cannot build a C extension in the image:\n{result.stderr[-3000:]}")
+    return result.stdout.strip().splitlines()[-1]
 
 
 def volume(path: Path) -> Path:
@@ -229,8 +270,11 @@ def check_outputs(run_dir: Path, owner: int | None = JOB_UID) -> str:
     if owner is not None and owners != {owner}:
         raise SmokeFailed(f"the run directory holds files of uid(s) {sorted(owners)}, not only {owner}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    lock = ((manifest.get("provenance") or {}).get("code") or {}).get("requirements_lock") or {}
+    if lock.get("sha256") != hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest():
+        raise SmokeFailed(f"manifest.json's provenance records requirements.lock as {lock}, not this checkout's")
     return (f"{len(manifest['files'])} files match manifest.json; {metrics['train']['global_step']} steps; "
-            f"written by uid {', '.join(map(str, sorted(owners)))}")
+            f"written by uid {', '.join(map(str, sorted(owners)))}; requirements.lock {lock['sha256'][:12]}")
 
 
 def image_size(image: str) -> str:
@@ -268,6 +312,7 @@ def main() -> int:
             base = stage("base", lambda: base_image(dockerfile, work))[0]
             stage("build", lambda: build(args.image, dockerfile, base) or f"{args.image}, {image_size(args.image)}")
         stage("user", lambda: check_user(args.image))
+        stage("compiler", lambda: check_compiler(args.image))
         stage("refuse", lambda: check_refused(args.image, work))
         outputs = volume(work / "outputs")
 
@@ -276,7 +321,10 @@ def main() -> int:
             (work / "demo.log").write_text(result.stderr + result.stdout)
             if result.returncode != 0:
                 raise SmokeFailed(f"the demo in the image exited with {result.returncode}:\n{result.stderr[-3000:]}")
-            return f"exit 0, --network none, log {work / 'demo.log'}"
+            launched = [line for line in result.stderr.splitlines() if line.startswith("launch: ")]
+            if not launched:
+                raise SmokeFailed("the demo did not go through the launcher (no `launch:` line in its log)")
+            return f"exit 0, --network none, {launched[0]}, log {work / 'demo.log'}"
         stage("demo", demo)
         stage("outputs", lambda: check_outputs(outputs))
     except SmokeFailed as exc:

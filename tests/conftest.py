@@ -63,6 +63,29 @@ def settings_from(monkeypatch, **env: str):
     return load_settings()
 
 
+def job_trainer(cache: Path, output: Path, max_samples: int, **settings: str) -> tuple[Any, Any, Any]:
+    """The job's own trainer, for tests that drive it step by step: the settings as load_settings reads them from these
+    DPO_* values, the model loaded (DPO_QUANTIZATION) and the trainer built as job.train does, on the first
+    `max_samples` pairs (no eval split). Returns (trainer, model_ref, prepared data)."""
+    from entrypoint.config.settings import load_settings
+    from entrypoint.data.stage import prepare_pairs
+    from entrypoint.models.loading import load_model, load_processor, resolve_model
+    from entrypoint.training.trainer import build_trainer, dpo_config
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in job_env(cache, output, **settings).items():
+            if key.startswith("DPO_"):
+                patch.setenv(key, value)
+        config = load_settings()
+    ref = resolve_model(config.model, "auto", None, cache)
+    processor = load_processor(ref)
+    args = dpo_config(config, output / "checkpoints", "test")
+    data = prepare_pairs(config, cache, processor, ref.family, args.max_length, max_samples=max_samples)
+    trainer = build_trainer(config, load_model(ref, config.quantization, processor=processor), ref.family, processor,
+                            data.train, None, args)
+    return trainer, ref, data
+
+
 def error_from(monkeypatch, **env: str) -> str:
     """The ConfigError these variables give."""
     from entrypoint.errors import ConfigError

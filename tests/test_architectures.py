@@ -90,7 +90,7 @@ def test_architecture_report_for_llava_next_7b():
                                                                                     FAMILIES["llava-next"]))
     assert (arch.hidden_size, arch.intermediate_size, arch.layers, arch.kv_size) == (4096, 14336, 32, 1024)
     assert arch.lora_params == 41_943_040 and arch.lora_modules == 224
-    assert arch.vision_patches == 577 and arch.vision_states_kept == 25  # 24 layers + embeddings, for layer -2
+    assert arch.vision_patches == 577  # (336 / 14)^2 patches + the class token
     assert 6.9e9 < arch.quantized < arch.params  # the decoder's linear layers; not the tower, embeddings, head
 
 

@@ -30,3 +30,23 @@ def test_qwen_cards_name_the_pixel_cap_and_torchvision(monkeypatch, family):
 def test_a_gemma3_card_trained_with_pan_and_scan_says_how_to_call_the_processor(monkeypatch):
     assert "do_pan_and_scan" not in card(monkeypatch, "gemma3")
     assert "do_pan_and_scan=True, pan_and_scan_max_num_crops=3" in card(monkeypatch, "gemma3", max_image_tiles="3")
+
+
+def test_the_card_shows_pope_figures_by_category_and_what_they_were_measured_on(monkeypatch):
+    from entrypoint.evaluation.comparison import comparison
+    from entrypoint.evaluation.yes_no import yes_no_report
+
+    yes_no = yes_no_report(["yes", "no", "yes", "no"], ["adversarial", "adversarial", "random", "random"],
+                           {"base": [1.0, 1.0, 1.0, 1.0], "tuned": [1.0, -1.0, 1.0, -1.0]})
+    report = {**REPORT, "eval_pairs": 4, "eval_set": {"source": "lmms-lab/POPE", "format": "pope", "rows_read": 9000,
+                                                      "rows_used": 4, "pairs": 4, "dropped": {}}}
+    settings = load_settings()
+    text = render(settings, ModelRef(settings.model, FAMILIES["llava-next"]), report,
+                  {**METRICS, "yes_no": yes_no, "comparison": comparison({}, {}, {}, yes_no)})
+    # base answers yes to all: accuracy 0.5, precision 0.5, recall 1, F1 2/3, yes share 1; tuned: all right
+    assert ("| all | 4 | 0.5000 -> 1.0000 | 0.5000 -> 1.0000 | 1.0000 -> 1.0000 | 0.6667 -> 1.0000 | "
+            "1.0000 -> 0.5000 |") in text
+    assert "| adversarial | 2 | 0.5000 -> 1.0000 |" in text and "| random | 2 | 0.5000 -> 1.0000 |" in text
+    assert "On the eval set `lmms-lab/POPE` (4 pairs, format `pope`); the training data was not split" in text
+    assert "Eval set `lmms-lab/POPE` (format `pope`): 4 of 9000 rows used, 4 pairs." in text
+    assert text.count("yes and no tokens after the prompt, against the reference") == 1  # one note for five rows

@@ -34,13 +34,18 @@ LLAVA = "llava-hf/llava-v1.6-mistral-7b-hf"
 def test_pair_flops_on_hand_computed_numbers():
     """100 tokens a sequence, N = 1e9, 2 layers of width 10, one image of 20 patches through a 1e6 tower:
     decoder 2 x 100 x 1e9 x (2 + 2 + 2 + 2) = 1.6e12; attention 2 x 2 x 100^2 x 10 x 2 x (1 + 2 + 1 + 1) = 4e6;
-    vision 1 x 2 x 2 x 2 x 1e6 x 20 = 1.6e8. Without checkpointing no recomputed forward: 6N and 4 attention passes."""
+    vision, encoded once a step: 1 x 20 x 2 x 1e6 = 4e7. Without checkpointing no recomputed forward: 6N and 4
+    attention passes. On TRL's own path the tower goes as the decoder does, for both sequences:
+    2 x 20 x 1e6 x (2 + 2 + 2 + 2) = 3.2e8, 2.4e8 without checkpointing."""
     flops = pair_flops(SMALL, 100, images=1, patches_per_image=20)
-    assert (flops.decoder, flops.attention, flops.vision) == (1.6e12, 4e6, 1.6e8)
-    assert flops.total == 1.6e12 + 4e6 + 1.6e8
+    assert (flops.decoder, flops.attention, flops.vision) == (1.6e12, 4e6, 4e7)
+    assert flops.total == 1.6e12 + 4e6 + 4e7
     plain = pair_flops(SMALL, 100, images=1, patches_per_image=20, checkpointing=False)
-    assert (plain.decoder, plain.attention, plain.vision) == (1.2e12, 3.2e6, 1.6e8)
+    assert (plain.decoder, plain.attention, plain.vision) == (1.2e12, 3.2e6, 4e7)
     assert pair_flops(SMALL, 100).vision == 0  # text only
+    assert pair_flops(SMALL, 100, images=1, patches_per_image=20, encode_once=False).vision == 3.2e8
+    assert pair_flops(SMALL, 100, images=1, patches_per_image=20, checkpointing=False,
+                      encode_once=False).vision == 2.4e8
 
 
 def test_gpu_hours_and_cost_from_the_estimate():
@@ -51,6 +56,12 @@ def test_gpu_hours_and_cost_from_the_estimate():
     assert row.hours == pytest.approx((1.6e16 / (989e12 * MFU) / 3600, 3.2e16 / (989e12 * MFU) / 3600))
     assert row.usd == pytest.approx((row.hours[0] * h100.spot_usd[0], row.hours[1] * h100.spot_usd[1]))
     assert row.source.startswith("estimate: 35% MFU x 989 TFLOP/s") and row.fits.startswith("yes (12.0 of 79")
+    assert "the MFU is assumed" in row.source
+    # the range the assumption spans: the p50 pair at 45% MFU and the cheapest price to the p95 at 25% and the dearest
+    fast, slow = 1.6e16 / (989e12 * 0.45) / 3600, 3.2e16 / (989e12 * 0.25) / 3600
+    assert row.spread[0] == pytest.approx((fast, slow))
+    assert row.spread[1] == pytest.approx((fast * h100.spot_usd[0], slow * h100.spot_usd[1]))
+    assert "| 0.01 - 0.04 h, $0.02 - $0.09 |" in table([row], per_thousand=False)[2]
     [big] = gpu_costs(["A100"], 1.6e12, 1.6e12, 10_000, LLAVA, "4bit", (1000, 1000), 50.0, [])
     assert big.fits.startswith("no (50.0 GiB")
     [unknown] = gpu_costs(["L4"], 1.6e12, 1.6e12, 10_000, LLAVA, "4bit", (1000, 1000), 12.0, [])
@@ -73,6 +84,7 @@ def test_a_measured_throughput_takes_precedence_over_the_estimate(tmp_path):
     # the closest measurement in tokens a pair (2,000, not 8,000), scaled to this run's 1,000: the same tokens a second
     assert h100.pairs_per_second == pytest.approx(1.0) and h100.source.startswith("measured: 0.5 pairs/s at 2,000")
     assert h100.hours == pytest.approx((1.0, 2.0))  # 3,600 pairs at 1 and at 0.5 pairs/s (the p95 pair: 2,000 tokens)
+    assert h100.spread is None and a100.spread is not None  # no MFU range for a measured throughput
     assert a100.source.startswith("estimate")  # another model's figure is not this one's
 
 

@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import job_env
+from conftest import job_trainer
 
 FAMILIES = ["llava-next", "idefics2", "qwen2.5-vl", "qwen3-vl", "gemma3"]
 
 
-def _trainer(monkeypatch, cache_dir, tmp_path, family, **settings):
-    from entrypoint.config.settings import load_settings
-    from entrypoint.data.stage import prepare_pairs
-    from entrypoint.models.loading import load_model, load_processor, resolve_model
-    from entrypoint.training.trainer import build_trainer, dpo_config
-
-    env = job_env(cache_dir, tmp_path, model=f"tiny:{family}", dataset="sample:rlaif-v", lora_dropout="0",
-                  quantization="none", **settings)
-    for key, value in env.items():
-        if key.startswith("DPO_"):
-            monkeypatch.setenv(key, value)
-    config = load_settings()
-    ref = resolve_model(config.model, "auto", None, cache_dir)
-    processor = load_processor(ref)
-    args = dpo_config(config, tmp_path / "checkpoints", "once")
-    data = prepare_pairs(config, cache_dir, processor, ref.family, args.max_length, max_samples=8)
-    trainer = build_trainer(config, load_model(ref, "none", processor=processor), ref.family, processor,
-                            data.train, None, args)
+def _trainer(cache_dir, tmp_path, family, **settings):
+    trainer, ref, data = job_trainer(cache_dir, tmp_path, 8, model=f"tiny:{family}", dataset="sample:rlaif-v",
+                                     lora_dropout="0", quantization="none", **settings)
     return trainer, ref.family, data.train
 
 
@@ -58,16 +43,16 @@ def _loss_and_grads(trainer, pairs):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_encoding_once_gives_the_same_batch_loss_and_gradients(monkeypatch, cache_dir, tmp_path, family):
+def test_encoding_once_gives_the_same_batch_loss_and_gradients(cache_dir, tmp_path, family):
     import torch
 
     from entrypoint.models.encode_once import encode_images_once
 
-    plain, fam, pairs = _trainer(monkeypatch, cache_dir, tmp_path / "plain", family, encode_images_once="false")
+    plain, fam, pairs = _trainer(cache_dir, tmp_path / "plain", family, encode_images_once="false")
     plain_calls = _count_tower_calls(plain, fam)
     plain_batch, plain_loss, plain_grads = _loss_and_grads(plain, pairs)
 
-    once, _, _ = _trainer(monkeypatch, cache_dir, tmp_path / "once", family, encode_images_once="false")
+    once, _, _ = _trainer(cache_dir, tmp_path / "once", family, encode_images_once="false")
     once.model.load_state_dict(plain.model.state_dict())  # the same LoRA initialisation
     once_calls = _count_tower_calls(once, fam)  # what reaches the tower below the sharing wrapper
     encode_images_once(once, fam)  # as build_trainer does by default
@@ -85,10 +70,34 @@ def test_encoding_once_gives_the_same_batch_loss_and_gradients(monkeypatch, cach
     assert once_calls == [images // 2]  # one pass, each image once
 
 
-def test_a_trained_tower_is_not_shared(monkeypatch, cache_dir, tmp_path):
+def test_a_trained_tower_is_not_shared(cache_dir, tmp_path):
     """DPO_LORA_VISION: the tower has LoRA weights, so policy and reference features differ: TRL's own path."""
     from entrypoint.models.encode_once import share_image_features
 
-    trainer, family, _ = _trainer(monkeypatch, cache_dir, tmp_path, "llava-next", lora_vision="true",
+    trainer, family, _ = _trainer(cache_dir, tmp_path, "llava-next", lora_vision="true",
                                   encode_images_once="false")
     assert "trainable weights" in share_image_features(trainer.model, family)
+
+
+@pytest.mark.parametrize("copy_of", ["pickle", "deepcopy"])
+def test_the_once_processor_survives_pickling_and_deep_copies(cache_dir, tmp_path, copy_of):
+    """DataLoader workers started with spawn unpickle the collator, its processor with it; a deep copy takes the same
+    path. The copy is asked for `__setstate__` before it has a processor: that lookup used to recurse until
+    RecursionError. The copy processes a doubled batch like the original, tensor for tensor."""
+    import copy
+    import pickle
+
+    import torch
+
+    from entrypoint.models.encode_once import OnceProcessor
+
+    trainer, _, pairs = _trainer(cache_dir, tmp_path, "llava-next")
+    once = trainer.data_collator.processor
+    assert isinstance(once, OnceProcessor)
+    copied = pickle.loads(pickle.dumps(once)) if copy_of == "pickle" else copy.deepcopy(once)
+    assert isinstance(copied, OnceProcessor) and copied.tokenizer.pad_token == once.tokenizer.pad_token
+    images = [pairs[i]["images"][0] for i in range(2)] * 2
+    text = [copied.apply_chat_template(pairs[i]["prompt"], tokenize=False) for i in range(2)] * 2
+    mine = copied(images=images, text=text, return_tensors="pt", padding=True)
+    theirs = once(images=images, text=text, return_tensors="pt", padding=True)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from conftest import job_env
 from entrypoint.evaluation.answers import closed_correct, normalize_answer, task_accuracy, token_f1
 from entrypoint.evaluation.comparison import comparison
 from entrypoint.evaluation.evaluate import Preference
+from entrypoint.evaluation.yes_no import yes_no_figures, yes_no_report
 from entrypoint.planning.schedule import eval_schedule
 
 
@@ -42,6 +44,169 @@ def test_task_accuracy_splits_yes_no_from_open_questions():
 def test_preference_accuracy_counts_ties_as_not_preferred():
     summary = Preference(chosen=[-1.0, -2.0, -3.0, -1.0], rejected=[-2.0, -1.0, -3.0, -1.5]).summary()
     assert summary == {"accuracy": 0.5, "mean_gap": pytest.approx((1 - 1 + 0 + 0.5) / 4), "pairs": 4}
+
+
+# ---- yes/no questions: POPE's figures
+
+REFERENCES = ["yes", "yes", "yes", "Yes", "no", "no", "no", "no", "no", "No"]
+SAID_YES = [True, True, True, False, True, True, False, False, False, False]
+
+
+def test_yes_no_figures_against_hand_computed_values():
+    # yes positive: TP 3 (0-2), FN 1 (3), FP 2 (4, 5), TN 4 (6-9)
+    figures = yes_no_figures(REFERENCES, SAID_YES)
+    assert figures == {"questions": 10, "accuracy": 0.7, "precision": 0.6, "recall": 0.75,
+                       "f1": pytest.approx(2 * 0.6 * 0.75 / (0.6 + 0.75)), "yes_ratio": 0.5,
+                       "tp": 3, "fp": 2, "tn": 4, "fn": 1}
+    always_yes = yes_no_figures(REFERENCES, [True] * 10)  # POPE's telltale of a hallucinating model
+    assert (always_yes["recall"], always_yes["precision"], always_yes["yes_ratio"]) == (1.0, 0.4, 1.0)
+    never = yes_no_figures(REFERENCES, [False] * 10)
+    assert never["precision"] is None and never["recall"] == 0.0 and never["f1"] == 0.0 and never["accuracy"] == 0.6
+
+
+def test_yes_no_report_gives_each_category_its_own_figures():
+    categories = ["adversarial"] * 4 + ["random"] * 6
+    report = yes_no_report(REFERENCES, categories, {"base": [1.0 if s else -1.0 for s in SAID_YES],
+                                                    "tuned": [0.5, 0.5, 0.5, 0.5, -0.5, -0.5, -0.5, -0.5, -2, -2]})
+    assert report["base"]["accuracy"] == 0.7 and report["tuned"]["accuracy"] == 1.0
+    adversarial, random = report["categories"]["adversarial"], report["categories"]["random"]
+    assert adversarial["questions"] == 4 and adversarial["base"]["recall"] == 0.75
+    assert adversarial["base"]["precision"] == 1.0 and adversarial["base"]["yes_ratio"] == 0.75
+    assert random["base"]["recall"] is None and random["base"]["precision"] == 0.0  # no yes among them
+    assert random["base"]["accuracy"] == pytest.approx(4 / 6) and random["tuned"]["yes_ratio"] == 0.0
+    assert list(report["categories"]) == ["adversarial", "random"]
+    assert yes_no_report(["yes"], [""], {"base": [1.0], "tuned": [1.0]})["categories"] == {}
+
+
+class KnownYesNo:
+    """A model whose next-token distribution after each prompt is given, question by question: P(yes) and P(no)
+    (spread evenly over the yes and the no tokens), the rest on one other token. At every other position yes and
+    no are swapped, so that reading the logits of a padding or an earlier token gives the other answer."""
+
+    def __init__(self, tokens, vocab: int, base: list[tuple[float, float]], tuned: list[tuple[float, float]]):
+        self.tokens, self.vocab, self.table = tokens, vocab, {"base": base, "tuned": tuned}
+        self.seen, self.adapter, self.training, self.device = {"base": 0, "tuned": 0}, True, False, "cpu"
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        self.adapter = False
+        try:
+            yield
+        finally:
+            self.adapter = True
+
+    def _logits(self, p_yes: float, p_no: float):
+        import torch
+
+        logits = torch.full((self.vocab,), -1e4)
+        logits[list(self.tokens.yes)] = math.log(p_yes / len(self.tokens.yes))
+        logits[list(self.tokens.no)] = math.log(p_no / len(self.tokens.no))
+        other = next(i for i in range(self.vocab) if i not in self.tokens.yes + self.tokens.no)
+        logits[other] = math.log(1 - p_yes - p_no)
+        return logits
+
+    def __call__(self, input_ids, attention_mask, logits_to_keep, **inputs):
+        name = "tuned" if self.adapter else "base"
+        rows = self.table[name][self.seen[name]:self.seen[name] + len(input_ids)]
+        self.seen[name] += len(input_ids)
+        last = attention_mask.sum(dim=-1) - 1
+        logits = self._logits(0.3, 0.6).repeat(len(input_ids), input_ids.shape[1], 1)
+        for b, (p_yes, p_no) in enumerate(rows):
+            logits[b] = self._logits(p_no, p_yes)
+            logits[b, last[b]] = self._logits(p_yes, p_no)
+        return SimpleNamespace(logits=logits[:, logits_to_keep])
+
+
+@pytest.fixture(scope="module")
+def pope_pairs(tmp_path_factory, cache_dir):
+    """10 questions of sample:pope (6 adversarial, then 4 popular; yes and no in turn), prepared as the job prepares
+    them for the tiny LLaVA-NeXT, with its processor."""
+    from entrypoint.data.images import size_limit
+    from entrypoint.data.prepare import DataSpec, RowRules, prepare
+    from entrypoint.models.loading import load_processor, resolve_model
+
+    processor = load_processor(resolve_model("tiny:llava-next", "auto", None, cache_dir))
+    spec = DataSpec("sample:pope", "train", setting="DPO_EVAL_DATASET", min_pairs=1)
+    pairs = prepare(spec, cache_dir, RowRules(limit=size_limit(processor.image_processor))).train
+    answers = [chosen[0]["content"][0]["text"] for chosen in pairs["chosen"]]
+    picked = []
+    for category, n in (("adversarial", 3), ("popular", 2)):  # yes, no, yes, no, ... in each
+        yes, no = ([i for i, (a, c) in enumerate(zip(answers, pairs["category"], strict=True)) if c == category
+                    and a == answer][:n] for answer in ("yes", "no"))
+        picked += [i for both in zip(yes, no, strict=True) for i in both]
+    return processor, pairs.select(picked)
+
+
+@pytest.mark.parametrize("batch_size", [3, 10])
+def test_yes_no_answers_are_the_models_next_token_yes_against_no(pope_pairs, batch_size):
+    from entrypoint.evaluation.yes_no import answer_tokens, evaluate_yes_no, yes_margins
+
+    processor, pairs = pope_pairs
+    references = [pair["chosen"][0]["content"][0]["text"] for pair in pairs]
+    assert references == ["yes", "no"] * 5 and pairs["category"] == ["adversarial"] * 6 + ["popular"] * 4
+    assert len({len(pair["prompt"][0]["content"][1]["text"]) for pair in pairs}) > 1  # a batch needs padding
+    base = [(0.6, 0.3)] * 10  # says yes to everything
+    tuned = [(0.25, 0.35), *[(0.7, 0.2) if ref == "yes" else (0.1, 0.8) for ref in references[1:]]]  # 0 wrong
+    tokens = answer_tokens(processor.tokenizer)
+
+    def model():
+        return KnownYesNo(tokens, len(processor.tokenizer), base, tuned)
+
+    margins = yes_margins(model(), processor, pairs, batch_size)
+    assert margins["base"] == pytest.approx([math.log(2)] * 10, abs=1e-4)
+    assert margins["tuned"] == pytest.approx([math.log(p / q) for p, q in tuned], abs=1e-4)
+    report = evaluate_yes_no(model(), processor, pairs, references, batch_size)
+    assert {k: report["base"][k] for k in ("accuracy", "precision", "recall", "yes_ratio")} == {
+        "accuracy": 0.5, "precision": 0.5, "recall": 1.0, "yes_ratio": 1.0}
+    assert report["base"]["f1"] == pytest.approx(2 / 3)
+    # tuned: question 0 (yes) answered no; TP 4, FN 1, TN 5
+    assert {k: report["tuned"][k] for k in ("accuracy", "precision", "recall", "yes_ratio")} == {
+        "accuracy": 0.9, "precision": 1.0, "recall": 0.8, "yes_ratio": 0.4}
+    assert report["tuned"]["f1"] == pytest.approx(8 / 9)
+    adversarial, popular = report["categories"]["adversarial"]["tuned"], report["categories"]["popular"]["tuned"]
+    assert (adversarial["accuracy"], adversarial["recall"], adversarial["f1"]) == (pytest.approx(5 / 6),
+                                                                                  pytest.approx(2 / 3), 0.8)
+    assert popular["accuracy"] == popular["f1"] == 1.0 and popular["yes_ratio"] == 0.5
+    assert report["questions"] == 10 and "next token" in report["scoring"]
+
+
+def test_yes_and_no_are_the_tokens_that_start_the_words():
+    from entrypoint.evaluation.yes_no import answer_tokens
+
+    class Words:  # a tokenizer that splits "yes" into "y" "es" but has "Yes" whole, and starts "No" with "N"
+        pieces = {"yes": ["y", "es"], "Yes": ["Yes"], "YES": ["Y", "ES"], " yes": [" yes"], " Yes": [" ", "Yes"],
+                  " YES": [" ", "YES"], "no": ["no"], "No": ["N", "o"], "NO": ["N", "O"], " no": [" no"],
+                  " No": [" ", "No"], " NO": [" ", "NO"]}
+        vocab = sorted({piece for pieces in pieces.values() for piece in pieces})
+
+        def encode(self, text, add_special_tokens=False):
+            return [self.vocab.index(piece) for piece in self.pieces[text]]
+
+        def decode(self, ids):
+            return "".join(self.vocab[i] for i in ids)
+
+        def convert_ids_to_tokens(self, i):
+            return self.vocab[i]
+
+    tokens = answer_tokens(Words())
+    assert tokens.shown == {"yes": sorted(["y", "Yes", "Y", " yes"], key=Words.vocab.index),
+                            "no": sorted(["no", "N", " no"], key=Words.vocab.index)}  # never the bare space
+
+
+def test_comparison_shows_pope_figures_in_place_of_exact_match():
+    yes_no = yes_no_report(REFERENCES, [""] * 10, {"base": [1.0] * 10, "tuned": [1.0 if s else -1.0 for s in SAID_YES]})
+    rows = {row["metric"]: row for row in comparison({"pairs": 10, "task": {"closed": {"questions": 10, "base": 0.4,
+                                                                                       "tuned": 0.7}}}, {}, {}, yes_no)}
+    assert list(rows) == ["yes/no accuracy", "yes/no precision", "yes/no recall", "yes/no F1",
+                          "yes/no: share answered yes"]
+    assert (rows["yes/no accuracy"]["base"], rows["yes/no accuracy"]["tuned"]) == (0.4, 0.7)
+    assert rows["yes/no: share answered yes"]["tuned"] == 0.5 and rows["yes/no F1"]["count"] == 10
 
 
 def _settings(monkeypatch, tmp_path, **settings):
@@ -168,12 +333,13 @@ def test_identical_answers_give_no_gap_and_no_preference(trainer_and_pairs):
 def test_the_models_own_greedy_answer_is_preferred_and_scores_full_marks(trainer_and_pairs):
     """Chosen = the base model's greedy answer: its likelihood beats an unrelated answer on every pair, and as
     the reference answer it gives task accuracy 1 (the base) by the same scoring the job reports."""
-    from entrypoint.evaluation.answers import greedy_answers
+    from entrypoint.evaluation.answers import greedy_answers, is_closed
     from entrypoint.evaluation.evaluate import base_and_tuned
 
     trainer, processor, pairs = trainer_and_pairs
     pairs = pairs.select(range(4))
     greedy = greedy_answers(trainer.model, processor, pairs, len(pairs))["base"]
+    assert not any(is_closed(answer) for answer in greedy)  # open answers: scored by token F1
     unrelated = ["Quartz trumpet velvet harbor."] * len(pairs)
     own = _with_answers(pairs, greedy, unrelated)
     trainer.eval_dataset = own
@@ -182,3 +348,15 @@ def test_the_models_own_greedy_answer_is_preferred_and_scores_full_marks(trainer
     assert sum(kind["questions"] for kind in result["task"].values()) == len(pairs)
     assert all(kind["base"] == 1.0 for kind in result["task"].values()) and result["seconds"]["answers"] > 0
     assert len(result["answers"]["base"]) == len(pairs)  # ground truth: every eval prompt is answered
+
+
+def test_batched_yes_no_scoring_is_the_one_by_one_scoring_on_a_real_model(trainer_and_pairs):
+    from entrypoint.evaluation.yes_no import yes_margins
+
+    trainer, processor, pairs = trainer_and_pairs
+    batched = yes_margins(trainer.model, processor, pairs, batch_size=4)
+    for i in (0, len(pairs) - 1):
+        alone = yes_margins(trainer.model, processor, pairs.select([i]), batch_size=1)
+        assert alone["base"][0] == pytest.approx(batched["base"][i], abs=1e-4)
+    assert batched["tuned"] == pytest.approx(batched["base"], abs=1e-5)  # an untrained adapter: LoRA's B is zero
+    assert len(set(round(m, 3) for m in batched["base"])) > 1  # the margins depend on the question and image

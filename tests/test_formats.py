@@ -72,6 +72,24 @@ def test_each_bad_row_has_its_reason(row, expected):
     assert reason("rlaif-v", {"image": image(), **row}) == expected
 
 
+POPE_COLUMNS = ["id", "question_id", "question", "answer", "image_source", "image", "category"]  # lmms-lab/POPE's
+
+
+def test_pope_rows_are_yes_no_pairs_that_keep_their_category():
+    fmt, _ = resolve_format("auto", POPE_COLUMNS, "")
+    assert fmt.name == "pope" and fmt.ground_truth and fmt.extra == ("category",)  # not vqa-rad, whose columns it has
+    row = {"id": "0", "question_id": "1", "question": "Is there a dog in the image?", "answer": "no",
+           "image_source": "COCO_val2014_000000310196", "image": image(), "category": "adversarial"}
+    pair = fmt.to_pair(row, FormatContext())
+    assert message_text(pair["prompt"]) == "Is there a dog in the image?" and len(pair["images"]) == 1
+    assert (message_text(pair["chosen"]), message_text(pair["rejected"]), pair["category"]) == ("no", "yes",
+                                                                                               "adversarial")
+    assert message_text(fmt.to_pair({**row, "answer": "Yes"}, FormatContext())["rejected"]) == "No"
+    assert fmt.to_pair({**row, "category": None}, FormatContext())["category"] == ""
+    assert reason("pope", {**row, "answer": "maybe"}) == "answer is not yes or no"
+    assert reason("pope", {**row, "question": None}) == "missing question"
+
+
 def test_vqa_rad_builds_rejected_answers_independent_of_row_order():
     questions = ["Is there a lesion?", "What organ is shown?", "What organ is shown?", "Where is the mass?"]
     answers = ["Yes", "lung", "brain", "left side"]

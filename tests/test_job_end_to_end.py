@@ -223,11 +223,15 @@ def test_every_family_and_scenario_trains_and_publishes_the_contract(tmp_path, c
     assert (output / "manifest.json").is_file()
     weights = load_file(output / "adapter" / "adapter_model.safetensors")
     assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)
-    evaluation = json.loads((output / "metrics.json").read_text())["evaluation"]
-    if fmt == "vqa-rad":  # the answer is the right one: every eval question answered and scored, base and tuned
+    metrics = json.loads((output / "metrics.json").read_text())
+    evaluation = metrics["evaluation"]
+    if fmt == "vqa-rad":  # the answer is the right one: every eval question scored, base and tuned
         task = evaluation["task"]
         assert sum(kind["questions"] for kind in task.values()) == evaluation["pairs"]
         assert all(0 <= kind[model] <= 1 for kind in task.values() for model in ("base", "tuned"))
+        if "closed" in task:  # the yes/no questions, by the model's yes and no tokens
+            assert metrics["yes_no"]["questions"] == task["closed"]["questions"]
+            assert metrics["yes_no"]["tuned"]["accuracy"] == task["closed"]["tuned"]
 
 
 def test_a_dry_run_loads_no_weights_but_runs_every_start_up_check(tmp_path, cache_dir):

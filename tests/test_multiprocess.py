@@ -18,11 +18,13 @@ import pytest
 import yaml
 
 from conftest import ROOT, job_env
-from entrypoint.errors import EXIT_CONFIG, EXIT_PREEMPTED
+from entrypoint.errors import EXIT_CONFIG, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED
 from entrypoint.launch import ACCELERATE_CONFIGS, CONFIG_DIR, exit_code, launch_command
 
 LAUNCH = [sys.executable, "-m", "entrypoint.launch"]
-TWO_PROCESSES = {"SKYPILOT_NUM_GPUS_PER_NODE": "2"}  # what SkyPilot sets on a 2-GPU node
+# What SkyPilot sets on a 2-GPU node; here two CPU processes stand for the GPUs, so the job is told that a CPU run is
+# meant (it refuses to train on the CPU where GPUs are said to be: entrypoint/machine.py).
+TWO_PROCESSES = {"SKYPILOT_NUM_GPUS_PER_NODE": "2", "DPO_ALLOW_CPU": "true"}
 
 
 def tiny_env(cache_dir, output, **settings):
@@ -117,6 +119,7 @@ def test_exit_code_from_the_workers():
     assert exit_code([-signal.SIGTERM]) == EXIT_PREEMPTED
     assert exit_code([1, EXIT_PREEMPTED]) == 1  # a bug must not become "restart me"
     assert exit_code([-signal.SIGKILL]) == 1 and exit_code([EXIT_CONFIG, 1]) == 1
+    assert exit_code([EXIT_OUT_OF_MEMORY, -signal.SIGTERM]) == EXIT_OUT_OF_MEMORY  # one rank ran out: not "restart me"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))

@@ -1,5 +1,6 @@
-"""The memory plan: its weights part against the bytes a 4-bit model really holds, its answers for the real
-LLaVA-NeXT 7B, and the refusal (exit 2 before loading) on a GPU the plan does not fit."""
+"""The memory plan: its weights part against the bytes a 4-bit model really holds, the layout it reads off each
+published architecture, its answers for the real LLaVA-NeXT 7B, and the refusal (exit 2 before loading) on a GPU the
+plan does not fit. Its activations against what autograd saves: tests/test_plan_activations.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from entrypoint.models.architecture import describe, load_config
 from entrypoint.models.families import FAMILIES
 from entrypoint.models.lora import lora_config
 from entrypoint.models.published import full_config
-from entrypoint.planning.memory import GIB, Workload, plan_memory
+from entrypoint.planning.memory import ACT, FP32, GIB, Layout, Workload, layout, plan_memory
 
 
 def _arch(config, family="llava-next"):
@@ -54,6 +55,22 @@ def test_weights_part_is_what_a_quantized_model_holds(tmp_path, quantization):
     assert plan.weights == pytest.approx(_held_bytes(model) / GIB, rel=0.02)
 
 
+@pytest.mark.parametrize(("family", "expected"), [
+    ("llava-next", Layout()),  # Mistral layers; CLIP-L keeps its last and feature layer's (-2) fp32 states
+    ("llava", Layout()),
+    ("idefics2", Layout(vision_states=1, vision_layers=27)),  # SigLIP: the last states only
+    # bf16 towers that merge 2 x 2 patches into one text-wide token; Qwen3-VL's three DeepStack layers give as many
+    ("qwen2.5-vl", Layout(vision_state_bytes=ACT, vision_states=1, vision_layers=32, vision_merged=3584 * ACT / 4)),
+    ("qwen3-vl", Layout(head_norms=True, vision_state_bytes=ACT, vision_states=1, vision_layers=27,
+                        vision_merged=4 * 4096 * ACT / 4)),
+    # four norms a layer (one on its input), q_norm and k_norm, 256-wide heads; SigLIP
+    ("gemma3", Layout(head_dim=256, hidden_norms=3, head_norms=True, vision_states=1, vision_layers=27)),
+    ("causal-lm", Layout(vision_state_bytes=0, vision_states=0, vision_layers=0)),
+])
+def test_the_layout_is_read_off_each_published_architecture(family, expected):
+    assert layout(full_config(family), FAMILIES[family]) == expected
+
+
 @pytest.fixture(scope="module")
 def llava_next_7b():
     return _arch(full_config("llava-next"))
@@ -76,7 +93,31 @@ def test_plan_grows_with_batch_and_length_and_shrinks_with_checkpointing(llava_n
         base, replace(base, batch=2), replace(base, length=4096), replace(base, gradient_checkpointing=False))]
     assert plans[0].activations < plans[1].activations and plans[0].activations < plans[2].activations
     assert plans[3].activations > 5 * plans[0].activations  # every layer's activations kept
-    assert plans[0].adapter_and_optimizer == pytest.approx(41_943_040 * 2 * 4 / GIB)
+    assert plans[0].adapter_and_optimizer == pytest.approx(41_943_040 * 4 * 4 / GIB)  # fp32 weights, grads, moments
+
+
+def test_images_encoded_once_keep_the_towers_output_and_trls_path_its_layers(llava_next_7b):
+    """Encoded once, the step keeps the tower's output for chosen and rejected: the last and the feature layer's
+    states (transformers 5 captures no other). On TRL's path the tower runs with grad, each of its 24 layers keeping
+    its fp32 input for the backward, plus the output."""
+    once = Workload(batch=1, length=2400, answer_tokens=20, images_per_pair=1, tiles_per_image=5)
+    kept = plan_memory(llava_next_7b, "4bit", once).parts.vision_kept
+    assert kept == 2 * 5 * 577 * 2 * 1024 * FP32
+    trl = plan_memory(llava_next_7b, "4bit", replace(once, encode_images_once=False)).parts.vision_kept
+    assert trl == kept * (24 + 1) / 2
+
+
+def test_the_lm_head_is_planned_in_tiles_not_full_logits():
+    """Gemma 3's 262,208-entry vocabulary: TRL's fused head holds a tile of at most 4,096 tokens by 32,768 entries
+    and the weight chunk in bf16, never the (tokens x vocabulary) logits; past 4,096 scored tokens it grows only with
+    the hidden width."""
+    gemma = _arch(full_config("gemma3"), "gemma3")
+    work = Workload(batch=1, length=8192, answer_tokens=2048)  # 4,096 scored tokens: one full tile
+    head = plan_memory(gemma, "4bit", work).parts.head
+    logits = 2 * 2048 * 262_208 * FP32  # the scored tokens' fp32 logits (the plan used to count 3 such tensors)
+    assert head < logits / 6  # a tile, the bf16 weight chunk and the input's gradient: 0.67 GB of 4.3
+    longer = plan_memory(gemma, "4bit", replace(work, answer_tokens=4096)).parts.head
+    assert longer - head == FP32 * 2560 * 2 * 2048  # the head's input gradient for the 4,096 more, no wider tile
 
 
 @pytest.fixture

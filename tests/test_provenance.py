@@ -241,3 +241,15 @@ def test_s3_data_is_recorded_by_etag_and_a_run_is_read_back_from_s3(demo_run, bu
         assert recorded.run_dir is None and recorded.run_record == recorded_provenance(demo_run)
     with pytest.raises(ConfigError, match="cannot read s3://data/runs/gone/manifest.json"):
         rerun.read("s3://data/runs/gone/manifest.json")
+
+
+def test_an_installed_package_records_the_lock_it_carries(tmp_path, monkeypatch):
+    """Installed (the image: site-packages, no checkout around it), the code has no requirements.lock beside it; the
+    image puts a copy inside the package (Dockerfile), and that is what the record hashes."""
+    site = tmp_path / "site-packages"
+    (site / "entrypoint").mkdir(parents=True)
+    monkeypatch.setattr(run_record, "PACKAGE_DIR", site / "entrypoint")
+    assert run_record.lock_file(site)["sha256"] is None  # nothing there: said, with the reason
+    shutil.copy(ROOT / "requirements.lock", site / "entrypoint" / "requirements.lock")
+    assert run_record.lock_file(site) == {"path": "requirements.lock",
+                                          "sha256": sha256_file(ROOT / "requirements.lock")}

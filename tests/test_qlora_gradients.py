@@ -88,14 +88,22 @@ def _lora_gradients(model, input_ids):
     return logits.detach(), {name: p.grad for name, p in model.named_parameters() if "lora_" in name}
 
 
-def _assert_same_gradients(qlora, reference, input_ids):
+def _assert_same_gradients(qlora, reference, input_ids, vanishing: tuple[str, ...] = ()):
+    """Every LoRA gradient equals the reference's and is non-zero, but those of the `vanishing` projections, which
+    the math makes zero: their size is then rounding noise of the others' (how much depends on the CPU's kernels)."""
     logits, grads = _lora_gradients(qlora, input_ids)
     ref_logits, ref_grads = _lora_gradients(reference, input_ids)
     torch.testing.assert_close(logits, ref_logits, **TOLERANCE)
     assert grads.keys() == ref_grads.keys() and len(grads) == 2 * 2 * 7  # A and B of 7 projections in 2 layers
+    scale = max(grad.abs().max() for grad in grads.values())
     for name, grad in grads.items():
-        assert grad is not None and grad.abs().sum() > 0, name
-        torch.testing.assert_close(grad, ref_grads[name], **TOLERANCE, msg=lambda m, n=name: f"{n}: {m}")
+        assert grad is not None, name
+        if any(f".{projection}." in name for projection in vanishing):
+            assert grad.abs().max() <= 1e-5 * scale, name
+            assert ref_grads[name].abs().max() <= 1e-5 * scale, name
+        else:
+            assert grad.abs().sum() > 0, name
+            torch.testing.assert_close(grad, ref_grads[name], **TOLERANCE, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def _repacked(model) -> bool:
@@ -119,9 +127,13 @@ def test_lora_gradients_through_4bit_layers_equal_dequantized_reference(checkpoi
 def test_single_token_gradients_are_exact_too(checkpoint):
     """bitsandbytes 0.50 does not pick a kernel by token count: one token with grad runs MatMul4Bit like many, so
     its gradients match as well. Training never sees one token anyway (a DPO row is prompt + completion, >= 2
-    tokens), and generation, the one-token case, runs under no_grad."""
+    tokens), and generation, the one-token case, runs under no_grad.
+
+    With one token, attention's softmax has one entry: its output is 1 whatever the query and key, so the q_proj
+    and k_proj LoRA gradients are zero (exactly, or within rounding noise: an AVX512-FP16 Xeon gives exact zeros,
+    other CPUs ~1e-9); every other projection's still flows."""
     qlora, reference = _models(checkpoint)
-    _assert_same_gradients(qlora, reference, torch.tensor([[5]]))
+    _assert_same_gradients(qlora, reference, torch.tensor([[5]]), vanishing=("q_proj", "k_proj"))
     assert not _repacked(qlora)
 
 

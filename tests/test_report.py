@@ -1,5 +1,6 @@
 """report.html: one self-contained page, checked in a real headless Chromium (images render, one row per
-sample and per comparison entry) and as text (no network references, user text escaped)."""
+sample, per comparison entry and per yes/no category, every section a table with no raw JSON) and as text (no
+network references, user text escaped)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from entrypoint.evaluation.yes_no import yes_no_report
 from entrypoint.results.report import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's; Ubuntu's and GitHub runners' names
@@ -27,11 +29,23 @@ SAMPLES = [
      "tuned": "Navy blue.", "image": "samples/1.png"},
     {"prompt": "Say hello.", "chosen": "Hello!", "rejected": "Bye.", "base": "Hi", "tuned": "Hello!", "image": None},
 ]
+TOKENS = {"max_length": 4096, "pairs_measured": 46, "pair_tokens": {"p50": 102, "p95": 134, "max": 136},
+          "prompt_tokens": {"p50": 89, "p95": 112, "max": 112}, "answer_tokens": {"p50": 16, "p95": 29, "max": 31},
+          "image_tokens_per_image": {"p50": 70, "p95": 88, "max": 88, "images": 46}, "dropped_prompt_too_long": 0,
+          "answers_cut": 0, "length_for_p95": 192, "length_for_all": 192}
+EVAL_SET = {"source": "sample:pope", "format": "pope", "format_detected": True, "rows_read": 14, "rows_used": 14,
+            "not_sampled": 0, "pairs": 12, "dropped": {"answer is not yes or no": 2},
+            "dropped_examples": {"answer is not yes or no": ["row 3 (id 3)", "row 9 (id 9)"]}, "tokens": TOKENS}
 DATA_REPORT = {"source": "sample:rlaif-v", "format": "rlaif-v", "rows_read": 48, "rows_used": 46, "pairs": 46,
-               "train_pairs": 36, "eval_pairs": 10, "dropped": {"image missing": 2},
-               "tokens": {"max_length": 4096, "pair_tokens": {"p50": 102, "p95": 134, "max": 136}}}
+               "train_pairs": 46, "eval_pairs": 12, "dropped": {"image missing": 2}, "tokens": TOKENS,
+               "eval_set": EVAL_SET}
+# 12 POPE questions, 6 a category; base says yes to all, tuned misses one yes and one no
+ANSWERS = ["yes", "no"] * 6
+YES_NO = yes_no_report(ANSWERS, ["adversarial"] * 6 + ["random"] * 6,
+                       {"base": [1.0] * 12, "tuned": [-1.0, 1.0, *([1.0, -1.0] * 5)]})
 SETTINGS = {"model": "tiny:llava-next", "dataset": "sample:rlaif-v", "max_steps": 40, "hf_token": "***",
-            "lora_target_modules": ["q_proj", "v_proj"], "learning_rate": 5e-3}
+            "lora_target_modules": ["q_proj", "v_proj"], "learning_rate": 5e-3, "eval_dataset": "sample:pope",
+            "fsdp_config": {"min_num_params": 0, "xla": False}}
 
 
 def make_run(run_dir: Path, samples: list[dict] = SAMPLES, comparison: list[dict] = COMPARISON) -> Path:
@@ -50,7 +64,7 @@ def make_run(run_dir: Path, samples: list[dict] = SAMPLES, comparison: list[dict
     axes.legend()
     figure.savefig(run_dir / "plots" / "loss.png")
     plt.close(figure)
-    metrics = {"train": {"global_step": 40}, "comparison": comparison, "samples": samples}
+    metrics = {"train": {"global_step": 40}, "comparison": comparison, "samples": samples, "yes_no": YES_NO}
     return write_report(run_dir / "report.html", run_name="demo-run", settings=SETTINGS, data_report=DATA_REPORT,
                         metrics=metrics, plots=[run_dir / "plots" / "loss.png"], run_dir=run_dir)
 
@@ -96,6 +110,30 @@ def test_one_row_per_sample_and_per_comparison_entry(page):
     assert [cell.strip() for cell in accuracy[1:]] == ["0.5000", "0.8125", "+0.3125", "16"]
 
 
+def test_yes_no_questions_by_category_base_and_tuned(page):
+    rows = page.locator("#yes-no tr.category")
+    assert rows.count() == 3  # all, then each category
+    cells = [[cell.strip() for cell in rows.nth(i).locator("td").all_inner_texts()] for i in range(3)]
+    # all: base accuracy 0.5, tuned 10/12; precision, recall, F1, yes share base then tuned
+    assert cells[0] == ["all", "12", "0.5000", "0.8333", "0.5000", "0.8333", "1.0000", "0.8333", "0.6667",
+                        "0.8333", "1.0000", "0.5000"]
+    assert cells[1][:4] == ["adversarial", "6", "0.5000", "0.6667"] and cells[2][:4] == ["random", "6", "0.5000",
+                                                                                          "1.0000"]
+    assert "next token after the prompt" in page.inner_text("#yes-no-scoring")
+
+
+def test_every_section_is_a_table_without_raw_json(page):
+    text = page.inner_text("body")
+    assert "{" not in text and "}" not in text, [line for line in text.splitlines() if "{" in line]
+    tokens = page.locator("#data-tokens tbody tr").first.locator("td").all_inner_texts()
+    assert tokens == ["a pair (prompt + the longer answer)", "102", "134", "136", "46"]
+    assert page.locator("#data-budget").inner_text().count("DPO_MAX_LENGTH") == 5
+    assert "q_proj, v_proj" in page.locator("#settings").inner_text()
+    dropped = page.locator("#eval-set-dropped tbody tr").first.locator("td").all_inner_texts()
+    assert dropped == ["answer is not yes or no", "2", "row 3 (id 3), row 9 (id 9)"]
+    assert "Measured on DPO_EVAL_DATASET sample:pope: 12 pairs" in page.inner_text("#evaluated-on")
+
+
 def test_screenshot(page, tmp_path):
     shot = tmp_path / "report.png"
     page.screenshot(path=shot, full_page=True)
@@ -120,4 +158,17 @@ def test_no_samples_no_comparison_and_a_sparse_data_report(tmp_path):
                           metrics={}, plots=[], run_dir=tmp_path)
     html = report.read_text()
     assert 'id="samples"' not in html and "No sample generations were recorded" in html
-    assert "No base vs tuned comparison" in html and "No rows were dropped" in html
+    assert "No base vs tuned comparison" in html and "No rows were dropped" in html and 'id="yes-no"' not in html
+
+
+def test_a_grouped_split_is_shown_side_by_side_with_what_both_sides_hold(tmp_path):
+    split = {"by": "image content and prompt", "target_eval_pairs": 12, "largest_group": 4, "shared": {
+        "images": 0, "prompts": 0}, "train": {"pairs": 36, "groups": 9, "images": 9, "prompts": 30},
+             "eval": {"pairs": 12, "groups": 3, "images": 3, "prompts": 11}}
+    report = {**DATA_REPORT, "eval_set": None, "eval_pairs": 12, "train_pairs": 36, "split": split}
+    html = write_report(tmp_path / "report.html", run_name="split", settings=SETTINGS, data_report=report,
+                        metrics={}, plots=[], run_dir=tmp_path).read_text()
+    rows = re.findall(r"<tr><th>(train|eval|on both sides)</th>((?:<td[^>]*>[^<]*</td>)+)</tr>", html)
+    assert [(side, re.findall(r">([^<]*)<", cells)[::2]) for side, cells in rows] == [
+        ("train", ["36", "9", "9", "30"]), ("eval", ["12", "3", "3", "11"]), ("on both sides", ["—", "—", "0", "0"])]
+    assert "the eval split of sample:rlaif-v: 12 pairs in 3 groups, held out by image and prompt: 0 images" in html

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import pathlib
+import re
 
 import datasets
 import numpy as np
@@ -17,14 +18,22 @@ from entrypoint.data import samples
 from entrypoint.data.formats import IMAGE_MARKER, resolve_format
 from entrypoint.data.images import SizeLimit
 from entrypoint.data.prepare import DataSpec, RowRules, prepare
-from entrypoint.data.samples import PHOTO_SIZES, SAMPLE_VERSION, SAMPLES, write_sample
+from entrypoint.data.samples import (
+    DEFAULT_REPEATS,
+    PHOTO_SIZES,
+    POPE_CATEGORIES,
+    POPE_OBJECTS,
+    SAMPLE_VERSION,
+    SAMPLES,
+    write_sample,
+)
 from entrypoint.errors import ConfigError
 
 S = datasets.Value("string")
-# Copied from the dataset cards of openbmb/RLAIF-V-Dataset, flaviagiammarino/vqa-rad and
-# openbmb/RLHF-V-Dataset, not from the module, so a change to the module cannot silently drift from the
-# real datasets. LLaVA's conversation JSON has no card: its columns are those datasets' json builder reads
-# from liuhaotian/LLaVA-Pretrain's blip_laion_cc_sbu_558k.json.
+# Copied from the dataset cards of openbmb/RLAIF-V-Dataset, flaviagiammarino/vqa-rad,
+# openbmb/RLHF-V-Dataset and lmms-lab/POPE, not from the module, so a change to the module cannot
+# silently drift from the real datasets. LLaVA's conversation JSON has no card: its columns are those
+# datasets' json builder reads from liuhaotian/LLaVA-Pretrain's blip_laion_cc_sbu_558k.json.
 RLAIF_V = datasets.Features({"ds_name": S, "image": datasets.Image(), "question": S, "chosen": S, "rejected": S,
                              "origin_dataset": S, "origin_split": S, "idx": S, "image_path": S})
 REAL_FEATURES = {
@@ -36,9 +45,11 @@ REAL_FEATURES = {
                                  "origin_split": S, "idx": datasets.Value("int64"), "image_path": S}),
     "llava-conversations": datasets.Features({"id": S, "image": S,
                                               "conversations": datasets.List({"from": S, "value": S})}),
+    "pope": datasets.Features({"id": S, "question_id": S, "question": S, "answer": S, "image_source": S,
+                               "image": datasets.Image(), "category": S}),
 }
 EXPECTED_FORMAT = {"rlaif-v": "rlaif-v", "rlaif-v-photos": "rlaif-v", "vqa-rad": "vqa-rad", "text": "preference",
-                   "rlhf-v": "rlhf-v", "llava-conversations": "llava-conversations"}
+                   "rlhf-v": "rlhf-v", "llava-conversations": "llava-conversations", "pope": "pope"}
 JSON_SAMPLES = ("llava-conversations",)  # a JSON file with image files beside it, in a directory of its own
 # LLaVA's brief-caption instructions (its LCS-558K pretrain data), written out here.
 LLAVA_BRIEF = {
@@ -63,10 +74,11 @@ DOCUMENTED_PHOTO_SIZES = [
 # generator changed: bump SAMPLE_VERSION (so cached files are not reused) and update the digest.
 CONTENT_DIGESTS = {
     "rlaif-v": "1acfb24c7c75cfcfbff38f28a947531b71e9f555ffcaed91c5a21f46d2fae06b",
-    "vqa-rad": "3c93a093ae37da5c0398a08b72f1eed81ce3348edcafc261dcd2d98d15cb4ce7",
+    "vqa-rad": "ef50521f4d5743ba811fecf603aade8e610df00766f1239bb674411114315483",
     "text": "3663ba39615c839109dbf301d4d2517b1f54d08a014685f2b53ba7b60ca1d6fa",
     "rlhf-v": "bbbfe08538a57910727db553e2e54dfcd2b27063077198932221f914b6cefbe4",
     "llava-conversations": "70864ba3be92dfd490ef56ba632fc29775aec9e1bfdfa8382f676ddab311a319",
+    "pope": "838486cb968f43407d04e31f00fba1e3bcb41f4f5f9b7868849bca9c8217e084",
 }
 
 
@@ -90,7 +102,7 @@ def loaded(out_dir, tmp_path_factory):
 
 
 def test_names_and_file_name(loaded, out_dir):
-    assert SAMPLES == ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text", "rlhf-v", "llava-conversations")
+    assert SAMPLES == ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text", "rlhf-v", "llava-conversations", "pope")
     for name, (path, _) in loaded.items():
         if name in JSON_SAMPLES:  # a directory of its own, holding the JSON and the image folders
             assert path == out_dir / f"{name}-48-0-v{SAMPLE_VERSION}" / "chat.json"
@@ -179,13 +191,92 @@ def test_content_is_pinned(tmp_path, name):
     assert _content_digest(write_sample(name, tmp_path, rows=24, seed=1)) == CONTENT_DIGESTS[name]
 
 
-def test_vqa_rad_is_greyscale_and_half_closed(loaded):
+def _pixels(image: Image.Image) -> tuple:
+    return image.mode, image.size, image.tobytes()
+
+
+def test_vqa_rad_is_greyscale_half_closed_and_asks_several_questions_about_each_scan(loaded):
     rows = loaded["vqa-rad"][1]
     assert {image.mode for image in rows["image"]} == {"L"}
-    assert len({image.size for image in rows["image"]}) > 20
+    repeats = DEFAULT_REPEATS["vqa-rad"]
+    scans = [_pixels(image) for image in rows["image"]]
+    assert repeats == 4 and all(len(set(scans[i:i + repeats])) == 1 for i in range(0, 48, repeats))
+    assert len(set(scans)) == 48 // repeats and len({size for _, size, _ in scans}) > 8
     closed = sum(answer in ("yes", "no") for answer in rows["answer"])
     assert closed == 24 and {"yes", "no"} <= set(rows["answer"])
     assert len(set(rows["answer"]) - {"yes", "no"}) >= 3  # open answers to build wrong ones from
+
+
+def test_repeated_rows_share_their_image_and_path_and_draw_their_own_questions(tmp_path):
+    """RLAIF-V holds several pairs an image: `repeats` rows in a run share the image; repeats=1 is the plain sample."""
+    rows = pq.read_table(write_sample("rlaif-v", tmp_path, rows=24, repeats=3)).to_pylist()
+    plain = pq.read_table(write_sample("rlaif-v", tmp_path, rows=24)).to_pylist()
+    assert write_sample("rlaif-v", tmp_path, rows=24, repeats=1).read_bytes() == \
+        write_sample("rlaif-v", tmp_path, rows=24).read_bytes()
+    images = [row["image"]["bytes"] for row in rows]
+    assert all(len(set(images[i:i + 3])) == 1 for i in range(0, 24, 3)) and len(set(images)) == 8
+    assert [row["image_path"] for row in rows[:6]] == ["synthetic/0/00000.png"] * 3 + ["synthetic/0/00003.png"] * 3
+    assert images[0] not in {row["image"]["bytes"] for row in plain}  # from the run's own RNG, not a row's
+    assert len({(row["question"], row["chosen"]) for row in rows}) > 12  # the questions are each row's own
+    assert len({row["idx"] for row in rows}) == 24
+    with pytest.raises(ConfigError, match="repeats must be >= 1, for the samples rlaif-v"):
+        write_sample("text", tmp_path, repeats=2)
+
+
+def _objects_in(rows: list[dict]) -> dict[str, set[str]]:
+    """Each POPE image's objects, by its "yes" questions."""
+    objects: dict[str, set[str]] = {}
+    for row in rows:
+        if row["answer"] == "yes":
+            objects.setdefault(row["image_source"], set()).add(row["question"].split()[3])
+    return objects
+
+
+def test_pope_sample_asks_pope_questions_about_objects_that_are_and_are_not_in_each_image(loaded, tmp_path):
+    rows = loaded["pope"][1]
+    plain = rows.remove_columns("image").to_list()
+    assert [row["question_id"] for row in plain] == [str(i + 1) for i in range(48)]
+    assert all(re.fullmatch(r"Is there an? \w+ in the image\?", row["question"]) for row in plain)
+    assert {row["answer"] for row in plain} == {"yes", "no"} and set(rows["category"]) == set(POPE_CATEGORIES)
+    by_image: dict[str, list[dict]] = {}
+    for row in plain:
+        by_image.setdefault(row["image_source"], []).append(row)
+    first = by_image[plain[0]["image_source"]]
+    assert len(first) == 18 and len(set(_pixels(image) for image in rows["image"][:18])) == 1
+    for category in POPE_CATEGORIES:  # 3 yes and 3 no a category, yes about the same 3 objects in each
+        asked = [row for row in first if row["category"] == category]
+        yes = {row["question"] for row in asked if row["answer"] == "yes"}
+        no = {row["question"] for row in asked if row["answer"] == "no"}
+        assert len(asked) == 6 and len(yes) == len(no) == 3 and not yes & no
+        assert yes == {row["question"] for row in first if row["answer"] == "yes" and row["category"] == "random"}
+    # Three objects drawn, one a cell, each in its own colour.
+    image = np.asarray(rows["image"][0].convert("RGB"), dtype=np.int32)
+    background = image[0, 0]
+    for cell in np.array_split(image, 3, axis=1):
+        drawn = cell[(np.abs(cell - background).sum(axis=-1) > 150)]
+        assert len(drawn) > 0.05 * cell.shape[0] * cell.shape[1]
+    colours = {tuple(np.median(c[(np.abs(c - background).sum(axis=-1) > 150)], axis=0))
+               for c in np.array_split(image, 3, axis=1)}
+    assert len(colours) == 3
+
+
+def test_pope_negatives_are_random_popular_or_adversarial_as_pope_samples_them(tmp_path):
+    """Over 40 images: `popular` asks about the absent objects the set shows most often, `adversarial` about those
+    that most often come with the ones in the image, `random` about any absent object."""
+    rows = pq.read_table(write_sample("pope", tmp_path, rows=18 * 40)).drop(["image"]).to_pylist()
+    objects = _objects_in(rows)
+    assert all(len(found) == 3 and found <= set(POPE_OBJECTS) for found in objects.values())
+    frequency = {o: sum(o in found for found in objects.values()) for o in POPE_OBJECTS}
+    together = {(a, b): sum({a, b} <= found for found in objects.values()) for a in POPE_OBJECTS for b in POPE_OBJECTS}
+    popularity, cooccurrence = {}, {}
+    for category in POPE_CATEGORIES:
+        negatives = [(row["image_source"], row["question"].split()[3]) for row in rows
+                     if row["category"] == category and row["answer"] == "no"]
+        assert all(obj not in objects[image] for image, obj in negatives)  # never an object the image holds
+        popularity[category] = np.mean([frequency[obj] for _, obj in negatives])
+        cooccurrence[category] = np.mean([sum(together[obj, p] for p in objects[image]) for image, obj in negatives])
+    assert popularity["popular"] > popularity["random"] and cooccurrence["adversarial"] > cooccurrence["random"]
+    assert cooccurrence["adversarial"] > cooccurrence["popular"]
 
 
 def test_text_pairs_are_learnable(loaded):

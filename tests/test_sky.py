@@ -138,5 +138,6 @@ def test_the_image_variant_is_its_venv_task_in_the_image_ci_builds_pinned_by_dig
     assert "ghcr.io/" in workflow and "steps.build.outputs.digest" in workflow  # where the digest comes from
     assert plain["run"].replace("~/dpo-venv/bin/python", "/usr/local/bin/python") == imaged["run"]
     text = (ROOT / "sky" / image).read_text()
-    assert "run_options: [--user=root]" in text  # SkyPilot prepares the container with apt-get, as root
+    # SkyPilot prepares the container with apt-get, as root; NCCL needs more /dev/shm than Docker's 64 MiB
+    assert "run_options: [--user=root, --shm-size=16g]" in text
 

@@ -24,8 +24,9 @@ Preference-tune a (vision-)language model with DPO + QLoRA, configured by enviro
                    model or data changed (DPO_ALLOW_DRIFT=1 runs anyway)
   --help           show this reference
 
-Exit codes: 0 done; 2 bad setting or input (found before any model is loaded); 75 stopped by SIGTERM
-after saving a checkpoint (run again to resume); 1 a bug.
+Exit codes: 0 done; 2 bad setting or input (found before any model is loaded); 3 out of GPU memory (the
+message names the step, the batch and the settings that lower memory); 75 stopped by SIGTERM after saving a
+checkpoint (run again to resume); 1 a bug.
 """
 
 

@@ -57,10 +57,11 @@ class JobSettings(BaseSettings):
     dataset: str = Field("openbmb/RLAIF-V-Dataset", description=(
         "Preference data: a Hub dataset id, `s3://bucket/key` (a file or a prefix), a local parquet/jsonl/json/csv "
         "file or directory, or `sample:<name>` (generated offline; names: rlaif-v, rlaif-v-photos, vqa-rad, text, "
-        "rlhf-v, llava-conversations)."))
-    dataset_format: Literal["auto", "rlaif-v", "rlhf-v", "vqa-rad", "llava-conversations", "preference"] = Field(
-        "auto", description=("How rows become prompt/chosen/rejected pairs; `auto` picks it from the columns "
-                             "(formats and their columns: README, Data)."))
+        "rlhf-v, llava-conversations, pope)."))
+    dataset_format: Literal["auto", "rlaif-v", "rlhf-v", "pope", "vqa-rad", "llava-conversations",
+                            "preference"] = Field("auto", description=(
+        "How rows become prompt/chosen/rejected pairs; `auto` picks it from the columns (formats and their columns: "
+        "README, Data)."))
     dataset_columns: str = Field("", description=(
         "Column mapping for the `preference` format, e.g. `prompt=question,chosen=good,rejected=bad,image=img`."))
     dataset_split: str = Field("train", description="Dataset split to read.")
@@ -78,13 +79,33 @@ class JobSettings(BaseSettings):
         "before the job refuses to start (exit 2, with the top reasons and example rows)."))
     max_samples: int | None = Field(None, gt=0, description=(
         "Use at most this many rows (after shuffling with the seed)."))
-    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Fraction of pairs held out for evaluation.")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description=(
+        "Fraction of pairs held out for evaluation, by group: pairs that share an image (by content) or a prompt go "
+        "to the same side, so nothing the eval pairs show was trained on. Not used with DPO_EVAL_DATASET."))
     max_eval_pairs: int = Field(256, gt=0, description=(
-        "At most this many eval pairs; every evaluation uses them: before, during (DPO_EVAL_STEPS) and after "
-        "training, likelihood preference and task accuracy, base and tuned."))
+        "At most this many eval pairs (with DPO_EVAL_DATASET, of its rows, drawn with the seed); every evaluation "
+        "uses them: before, during (DPO_EVAL_STEPS) and after training, likelihood preference, yes/no and task "
+        "accuracy, base and tuned."))
     max_drop_fraction: float = Field(0.1, ge=0, le=1, description=(
         "Most of the pairs the token budget may drop (prompt with its image tokens reaching DPO_MAX_LENGTH) "
         "before the job refuses to start (exit 2, naming the setting that keeps them)."))
+    # --- evaluation set
+    eval_dataset: str | None = Field(None, description=(
+        "A separate evaluation set, read like DPO_DATASET (Hub id, s3://, local files, `sample:<name>`; the same "
+        "image cleaning, bad-row reasons and token budget): base vs tuned, and the evaluations during training, are "
+        "measured on it instead of a split of DPO_DATASET, which is then trained on whole (DPO_EVAL_FRACTION is not "
+        "used), less the pairs that share an image or a prompt with it. Preference rows give likelihood preference; "
+        "yes/no questions (POPE: lmms-lab/POPE, split test) accuracy, precision, recall, F1 and yes share, overall "
+        "and by category."))
+    eval_dataset_format: Literal["auto", "rlaif-v", "rlhf-v", "pope", "vqa-rad", "llava-conversations",
+                                 "preference"] = Field("auto", description=(
+        "How DPO_EVAL_DATASET's rows become pairs, as DPO_DATASET_FORMAT; `auto` picks it from the columns."))
+    eval_dataset_columns: str = Field("", description=(
+        "Column mapping of DPO_EVAL_DATASET for the `preference` format, as DPO_DATASET_COLUMNS."))
+    eval_dataset_split: str = Field("train", description=(
+        "Split of DPO_EVAL_DATASET to read (benchmarks on the Hub publish `test`: lmms-lab/POPE's only split)."))
+    eval_dataset_revision: str | None = Field(None, description=(
+        "Hub revision (branch, tag or commit) of DPO_EVAL_DATASET; `--from-run` pins the recorded commit."))
     # --- images
     max_image_tiles: int | None = Field(None, gt=0, description=(
         "Image tokens: LLaVA-NeXT keeps only the grid pinpoints of at most this many tiles beside the base image, "
@@ -147,11 +168,16 @@ class JobSettings(BaseSettings):
         "Log lines as text, or one JSON object per line (for log collectors)."))
     report_to: Literal["none", "wandb"] = Field("none", description=(
         "Experiment tracking. `wandb` reads WANDB_API_KEY / WANDB_PROJECT / WANDB_MODE as usual."))
+    allow_cpu: bool = Field(False, description=(
+        "Train on the CPU although this machine has GPUs torch cannot use (an NVIDIA driver older than torch's CUDA "
+        "needs, R580 for the CUDA 13 build): otherwise that is exit 2 at start-up, naming the driver found and the "
+        "one needed."))
     memory_check: bool = Field(True, description=(
         "On a GPU, refuse to start (exit 2) when the memory plan says the run does not fit; `false` starts anyway."))
     eval_generations: int = Field(2, ge=0, description=(
         "Eval prompts whose greedy answers, base and tuned, are shown side by side (report.html, metrics.json, "
-        "wandb). With a format that holds the right answer (vqa-rad) every eval prompt is answered for task accuracy."))
+        "wandb). With a format that holds the right answer (vqa-rad) every open question is answered too, for task "
+        "accuracy; yes/no questions are scored by the model's yes and no tokens instead (no answer generated)."))
     # --- provenance and reruns (README, Reproducing a run)
     allow_drift: bool = Field(False, description=(
         "With `--from-run`: run even though the recorded base model, data files or prepared pairs are no longer what "
@@ -166,12 +192,12 @@ class JobSettings(BaseSettings):
         "checkout: the image sets it at build time (`make image` passes the checkout's commit). In a checkout, "
         "`git rev-parse HEAD` is recorded instead."))
 
-    @field_validator("model", "dataset")
+    @field_validator("model", "dataset", "eval_dataset")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
-        return value.strip()
+        return value.strip() if value is not None else None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -12,6 +12,10 @@ A row that cannot become a pair raises `BadRow`; its text is the reason counted 
 `FormatContext`, which is computed from the whole dataset in an order-independent way: shuffling
 the dataset never changes a pair.
 
+Question-answer sets with a yes/no answer (`pope`, lmms-lab/POPE's schema) become pairs too: the right answer
+chosen, its opposite rejected. They are evaluation sets first (DPO_EVAL_DATASET): the pair carries the
+row's `category`, by which the yes/no figures are broken down.
+
 Two formats build the rejected answer, since their datasets have none (both seeded by DPO_SEED, and
 reproducible whatever the row order, because the pick is a hash of the seed and the row's content):
 - `vqa-rad`: a closed (yes/no) question gets the opposite answer; an open one another answer given
@@ -63,6 +67,9 @@ class Format:
     context: Callable[[Any, dict[str, str], int], FormatContext] | None = None
     # The chosen answer is the right one (not just the better one): task accuracy is scored against it.
     ground_truth: bool = False
+    # Text columns a pair keeps beside prompt/chosen/rejected (e.g. POPE's `category`, which the figures are broken
+    # down by); "" where a row has none.
+    extra: tuple[str, ...] = ()
 
 
 # ---- pieces of a pair
@@ -209,6 +216,19 @@ def _vqa_rad(row: dict[str, Any], context: FormatContext) -> dict[str, Any]:
     return make_pair(question, answer, wrong, _images(row.get("image")))
 
 
+def _pope(row: dict[str, Any], _: FormatContext) -> dict[str, Any]:
+    """A yes/no question about the image: the right answer chosen, the other one rejected."""
+    question = text_value(row.get("question"), "question")
+    answer = text_value(row.get("answer"), "answer").strip()
+    if answer.lower() not in _YES_NO:
+        raise BadRow("answer is not yes or no")
+    category = row.get("category")
+    wrong = _YES_NO[answer.lower()]
+    pair = make_pair(question, answer, wrong.capitalize() if answer[:1].isupper() else wrong,
+                     _images(row.get("image")))
+    return {**pair, "category": category.strip() if isinstance(category, str) else ""}
+
+
 def _turns(conversation: Any) -> list[dict[str, str]]:
     """LLaVA's [{"from": "human"|"gpt", "value": ...}] as chat messages, image markers taken out."""
     if conversation is None:
@@ -302,6 +322,10 @@ FORMATS: dict[str, Format] = {
                "openbmb/RLAIF-V-Dataset: image, question, chosen, rejected."),
         Format("rlhf-v", frozenset({"image", "text"}), _rlhf_v,
                "openbmb/RLHF-V-Dataset: image, and `text` holding a JSON object with question, chosen, rejected."),
+        Format("pope", frozenset({"question_id", "question", "answer", "image", "category"}), _pope,
+               "lmms-lab/POPE (object hallucination): question_id, question, answer (yes or no), image, category; "
+               "the rejected answer is the other one. Scored by category as an eval set (DPO_EVAL_DATASET).",
+               ground_truth=True, extra=("category",)),
         Format("vqa-rad", frozenset({"image", "question", "answer"}), _vqa_rad,
                "flaviagiammarino/vqa-rad: image, question, answer; the rejected answer is built.",
                context=_vqa_context, ground_truth=True),
@@ -315,13 +339,14 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def parse_columns(spec: str) -> dict[str, str]:
-    """`prompt=question,chosen=good` -> {"prompt": "question", "chosen": "good"}."""
+def parse_columns(spec: str, setting: str = "DPO_DATASET") -> dict[str, str]:
+    """`prompt=question,chosen=good` -> {"prompt": "question", "chosen": "good"}. `setting`: the dataset setting
+    the mapping belongs to (DPO_DATASET or DPO_EVAL_DATASET), named with its _COLUMNS in errors."""
     mapping: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         role, sep, column = item.partition("=")
         if not sep or role.strip() not in ROLES or not column.strip():
-            raise ConfigError(f"DPO_DATASET_COLUMNS: bad entry {item!r}; expected role=column with role in "
+            raise ConfigError(f"{setting}_COLUMNS: bad entry {item!r}; expected role=column with role in "
                               f"{', '.join(ROLES)}")
         mapping[role.strip()] = column.strip()
     return mapping
@@ -331,18 +356,20 @@ def _known_formats() -> str:
     return "; ".join(f"{f.name} ({', '.join(sorted(f.required))})" for f in FORMATS.values())
 
 
-def resolve_format(name: str, columns: list[str], column_spec: str) -> tuple[Format, dict[str, str]]:
-    """Pick the format (given or detected from the columns) and check the columns it needs exist."""
-    mapping = parse_columns(column_spec)
+def resolve_format(name: str, columns: list[str], column_spec: str, setting: str = "DPO_DATASET",
+                   ) -> tuple[Format, dict[str, str]]:
+    """Pick the format (given or detected from the columns) and check the columns it needs exist. `setting`: the
+    dataset setting whose _FORMAT and _COLUMNS errors name."""
+    mapping = parse_columns(column_spec, setting)
     if name == "auto":
         if mapping:
             name = "preference"
         else:
             matches = [f for f in FORMATS.values() if f.required <= set(columns)]
             if not matches:
-                raise ConfigError(f"DPO_DATASET_FORMAT=auto: no known format has the columns {sorted(columns)}; "
+                raise ConfigError(f"{setting}_FORMAT=auto: no known format has the columns {sorted(columns)}; "
                                   f"formats and the columns they need: {_known_formats()}. Set "
-                                  "DPO_DATASET_COLUMNS=prompt=...,chosen=...,rejected=...[,image=...] for other names")
+                                  f"{setting}_COLUMNS=prompt=...,chosen=...,rejected=...[,image=...] for other names")
             name = matches[0].name
     fmt = FORMATS[name]
     if name == "preference":
@@ -353,7 +380,7 @@ def resolve_format(name: str, columns: list[str], column_spec: str) -> tuple[For
         needed = set(fmt.required)
     missing = sorted(needed - set(columns))
     if missing:
-        raise ConfigError(f"dataset has no column(s) {', '.join(missing)} needed by format {name!r} "
+        raise ConfigError(f"{setting}: the dataset has no column(s) {', '.join(missing)} needed by format {name!r} "
                           f"(columns: {', '.join(sorted(columns))})")
     return fmt, mapping
 

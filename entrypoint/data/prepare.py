@@ -2,7 +2,9 @@
 
 Every row a user gives ends in exactly one place: trained on, held out for evaluation, not sampled
 (DPO_MAX_SAMPLES), or dropped with its reason (data_report.json counts each reason and names a few
-rows of each). A bad row is skipped and counted (DPO_BAD_ROWS=skip), or stops the job at the first
+rows of each). The eval split keeps pairs that share an image or a prompt on one side (split.py); with an
+eval set (DPO_EVAL_DATASET) there is no split, and training pairs that share an image or a prompt with it are
+left out, counted like a drop. A bad row is skipped and counted (DPO_BAD_ROWS=skip), or stops the job at the first
 one with exit 2 (DPO_BAD_ROWS=fail); more bad rows than DPO_MAX_BAD_FRACTION stop it too, before
 any model is loaded. Pairs whose prompt does not fit DPO_MAX_LENGTH are counted the same way, with
 their own limit, DPO_MAX_DROP_FRACTION: their fix is a setting, not the data.
@@ -25,6 +27,7 @@ from entrypoint.data.budget import TOO_LONG, budget_warnings, refuse_too_many_dr
 from entrypoint.data.formats import BadRow, Format, FormatContext, format_context, image_column, resolve_format
 from entrypoint.data.images import ImageProblem, SizeLimit, load_image
 from entrypoint.data.sources import image_root, load_rows, local_path
+from entrypoint.data.split import grouped_split, pair_keys
 from entrypoint.errors import ConfigError
 
 log = logging.getLogger("entrypoint.data")
@@ -34,6 +37,8 @@ ROWS_PER_PROCESS = 1000  # with fewer rows per worker, starting the worker costs
 EXAMPLES_PER_REASON = 5  # row labels kept in the report for each reason a row was dropped
 ID_COLUMNS = ("id", "idx")  # a dataset's own row ids, shown beside the row number
 UNMEASURED = {"prompt_tokens": 0, "chosen_tokens": 0, "rejected_tokens": 0, "image_tokens": []}
+IN_EVAL_SET = "image or prompt also in DPO_EVAL_DATASET"  # left out of training: not a bad row, a leak avoided
+NOT_BAD = (TOO_LONG, IN_EVAL_SET)  # drops that do not count against DPO_MAX_BAD_FRACTION
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,9 @@ class DataSpec:
     max_eval_pairs: int = 256  # DPO_MAX_EVAL_PAIRS
     num_proc: int | None = None  # DPO_DATASET_NUM_PROC (default: see `processes_for`)
     peek: bool = False  # read only the first `max_samples` rows of a Hub dataset (for --dry-run)
+    setting: str = "DPO_DATASET"  # the setting that names this data, in messages (or DPO_EVAL_DATASET)
+    min_pairs: int = MIN_PAIRS  # fewer usable pairs is a ConfigError (an eval set needs one)
+    held_out_keys: frozenset[str] = frozenset()  # an eval set's images and prompts (split.py's keys): not trained on
 
 
 @dataclass(frozen=True)
@@ -82,10 +90,12 @@ class PreparedData:
     train: Any  # datasets.Dataset of pairs
     eval: Any | None
     report: dict[str, Any] = field(default_factory=dict)
+    keys: frozenset[str] = frozenset()  # every pair's images and prompt (split.py), while preparing; not saved
 
 
-def _features(vision: bool) -> Any:
-    """The prepared columns' types, declared so that no batch of bad rows can make them null."""
+def _features(vision: bool, extra: tuple[str, ...] = ()) -> Any:
+    """The prepared columns' types, declared so that no batch of bad rows can make them null. `extra`: the
+    format's own text columns (Format.extra)."""
     from datasets import Features, List, Value
     from datasets import Image as ImageFeature
 
@@ -93,8 +103,8 @@ def _features(vision: bool) -> Any:
     content = List({"type": text, "text": text}) if vision else text
     messages = List({"role": text, "content": content})
     return Features({"prompt": messages, "chosen": messages, "rejected": messages,
-                     **({"images": List(ImageFeature())} if vision else {}),
-                     "lengths": text, "problem": text, "row": text})
+                     **({"images": List(ImageFeature())} if vision else {}), **dict.fromkeys(extra, text),
+                     "lengths": text, "problem": text, "row": text, "keys": text})
 
 
 def _undecoded(rows: Any) -> Any:
@@ -167,14 +177,15 @@ def _top(counts: Counter, examples: dict[str, list[str]], n: int = 3) -> str:
 
 
 def check_bad_rows(dropped: Counter, examples: dict[str, list[str]], rows_used: int, ref: str,
-                   max_bad_fraction: float) -> int:
-    """Bad rows (every drop but the token budget's) against DPO_MAX_BAD_FRACTION; returns their count."""
-    bad = Counter({reason: n for reason, n in dropped.items() if reason != TOO_LONG})
+                   max_bad_fraction: float, setting: str = "DPO_DATASET") -> int:
+    """Bad rows (every drop but the token budget's and the eval set's) against DPO_MAX_BAD_FRACTION; returns their
+    count."""
+    bad = Counter({reason: n for reason, n in dropped.items() if reason not in NOT_BAD})
     total = sum(bad.values())
     if rows_used and total == rows_used:
-        raise ConfigError(f"DPO_DATASET={ref}: every one of the {rows_used} rows is bad: {_top(bad, examples)}")
+        raise ConfigError(f"{setting}={ref}: every one of the {rows_used} rows is bad: {_top(bad, examples)}")
     if total > max_bad_fraction * rows_used:
-        raise ConfigError(f"DPO_DATASET={ref}: {total} of {rows_used} rows ({100 * total / rows_used:.1f}%) are bad, "
+        raise ConfigError(f"{setting}={ref}: {total} of {rows_used} rows ({100 * total / rows_used:.1f}%) are bad, "
                           f"more than DPO_MAX_BAD_FRACTION={max_bad_fraction}: {_top(bad, examples)}. Fix the data, "
                           "or raise DPO_MAX_BAD_FRACTION to train on the rest")
     return total
@@ -189,22 +200,24 @@ def prepare(spec: DataSpec, cache_dir: Path, rules: RowRules = RowRules(),
     fmt, columns, vision = detect_format(spec, rows, rules)
     order, rows = sampled(rows, spec)
     formatter = RowFormatter(fmt, format_context(fmt, rows, columns, spec.seed), order, vision, spec.ref, rules,
-                             budget, image_dir)
-    pairs = format_pairs(rows, formatter, spec.num_proc)
+                             budget, image_dir, spec.setting)
+    pairs = leave_out(format_pairs(rows, formatter, spec.num_proc), spec.held_out_keys)
     dropped, examples = drop_reasons(pairs)
-    bad = check_bad_rows(dropped, examples, len(rows), spec.ref, rules.max_bad_fraction)
+    bad = check_bad_rows(dropped, examples, len(rows), spec.ref, rules.max_bad_fraction, spec.setting)
     tokens = check_token_budget(pairs, budget)
-    pairs = usable_pairs(pairs, spec.ref, dropped, tokens, budget)
-    train, evaluation = split_eval(pairs, spec)
+    pairs = usable_pairs(pairs, spec, dropped, tokens, budget)
+    keys = [json.loads(own) for own in pairs["keys"]]
+    pairs = pairs.remove_columns("keys")
+    train, evaluation, split = split_eval(pairs, keys, spec)
     report = {
         "source": spec.ref, "format": fmt.name, "format_detected": spec.fmt_name == "auto", "columns": columns_read,
         "rows_read": rows_read, "rows_used": len(rows), "not_sampled": rows_read - len(rows),
         "pairs": len(pairs), "bad_rows": bad, "dropped": dict(dropped.most_common()),
         "dropped_examples": {reason: examples[reason] for reason, _ in dropped.most_common()},
         "train_pairs": len(train), "eval_pairs": len(evaluation) if evaluation is not None else 0,
-        **({"tokens": tokens} if tokens else {}),
+        **({"split": split} if split else {}), **({"tokens": tokens} if tokens else {}),
     }
-    return PreparedData(train, evaluation, report)
+    return PreparedData(train, evaluation, report, frozenset(key for own in keys for key in own))
 
 
 # ---- the steps, in order
@@ -214,20 +227,20 @@ def read_rows(spec: DataSpec, cache_dir: Path, rules: RowRules) -> tuple[Any, Pa
     paths point into. ConfigError: no rows."""
     local = local_path(spec.ref, cache_dir)
     rows = load_rows(spec.ref, spec.split, cache_dir, limit=spec.max_samples if spec.peek else None, local=local,
-                     revision=spec.revision)
+                     revision=spec.revision, setting=spec.setting)
     if len(rows) == 0:
-        raise ConfigError(f"DPO_DATASET={spec.ref}: split {spec.split!r} has no rows")
+        raise ConfigError(f"{spec.setting}={spec.ref}: split {spec.split!r} has no rows")
     return rows, rules.image_dir or image_root(local)
 
 
 def detect_format(spec: DataSpec, rows: Any, rules: RowRules) -> tuple[Format, dict[str, str], bool]:
     """The format (given or detected from the columns), its column mapping, and whether the pairs have images.
     ConfigError: images for a text-only model."""
-    fmt, columns = resolve_format(spec.fmt_name, rows.column_names, spec.column_spec)
+    fmt, columns = resolve_format(spec.fmt_name, rows.column_names, spec.column_spec, spec.setting)
     images_in = image_column(fmt, columns, rows.column_names)
     if images_in and rules.max_images == 0:
-        raise ConfigError(f"DPO_DATASET={spec.ref} has images (column {images_in!r}) but {rules.model} is text-only: "
-                          "use a vision model, or data without images")
+        raise ConfigError(f"{spec.setting}={spec.ref} has images (column {images_in!r}) but {rules.model} is "
+                          "text-only: use a vision model, or data without images")
     log.info("data: format %s (%s; columns %s)", fmt.name, "given" if spec.fmt_name != "auto" else "detected",
              ", ".join(rows.column_names))
     return fmt, columns, images_in is not None
@@ -255,24 +268,27 @@ class RowFormatter:
     rules: RowRules
     budget: TokenBudget
     image_dir: Path | None
+    setting: str = "DPO_DATASET"
 
     def __call__(self, row: dict[str, Any], index: int) -> dict[str, Any]:
         label = row_label(int(self.order[index]), row)
-        lengths = UNMEASURED
+        lengths, keys = UNMEASURED, []
         try:
             pair = self.fmt.to_pair(row, self.context)
             sizes = self._clean_images(pair) if self.vision else []
+            keys = pair_keys(pair["prompt"], [image["bytes"] for image in pair.get("images", [])])
             lengths = self.budget.pair_lengths(pair, sizes) if self.budget.pair_lengths else UNMEASURED
             max_length = self.budget.max_length
             problem = TOO_LONG if max_length and lengths["prompt_tokens"] >= max_length else ""
         except (BadRow, ImageProblem) as bad:
             problem = str(bad)
         if problem and self.rules.bad_rows == "fail":
-            raise ConfigError(f"DPO_BAD_ROWS=fail: {label} of DPO_DATASET={self.ref}: {problem}. Fix or remove the "
-                              "row, or set DPO_BAD_ROWS=skip to skip bad rows (up to DPO_MAX_BAD_FRACTION)")
+            raise ConfigError(f"DPO_BAD_ROWS=fail: {label} of {self.setting}={self.ref}: {problem}. Fix or remove "
+                              "the row, or set DPO_BAD_ROWS=skip to skip bad rows (up to DPO_MAX_BAD_FRACTION)")
+        bookkeeping = {"lengths": json.dumps(lengths), "problem": problem, "row": label, "keys": json.dumps(keys)}
         if problem:
-            return {**self._empty(), "lengths": json.dumps(lengths), "problem": problem, "row": label}
-        return {**pair, "lengths": json.dumps(lengths), "problem": "", "row": label}
+            return {**self._empty(), **bookkeeping}
+        return {**dict.fromkeys(self.fmt.extra, ""), **pair, **bookkeeping}
 
     def _clean_images(self, pair: dict[str, Any]) -> list[tuple[int, int]]:
         """The pair's images decoded safely and shrunk to the limit (pair["images"] then holds their stored bytes);
@@ -287,8 +303,8 @@ class RowFormatter:
         return [image.size for image in clean]
 
     def _empty(self) -> dict[str, Any]:
-        return dict.fromkeys(("prompt", "chosen", "rejected", "images") if self.vision else
-                             ("prompt", "chosen", "rejected"))
+        return {**dict.fromkeys(("prompt", "chosen", "rejected", "images") if self.vision else
+                                ("prompt", "chosen", "rejected")), **dict.fromkeys(self.fmt.extra, "")}
 
 
 def format_pairs(rows: Any, formatter: RowFormatter, num_proc: int | None) -> Any:
@@ -298,7 +314,20 @@ def format_pairs(rows: Any, formatter: RowFormatter, num_proc: int | None) -> An
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with counted_rows("data: formatting pairs", len(rows)):
         return rows.map(formatter, with_indices=True, remove_columns=rows.column_names,
-                        features=_features(formatter.vision), desc="Formatting pairs", num_proc=workers)
+                        features=_features(formatter.vision, formatter.fmt.extra), desc="Formatting pairs",
+                        num_proc=workers)
+
+
+def leave_out(pairs: Any, held_out_keys: frozenset[str]) -> Any:
+    """Pairs sharing an image or a prompt with the eval set marked IN_EVAL_SET (counted, then not trained on)."""
+    if not held_out_keys:
+        return pairs
+
+    def mark(problem: str, keys: str) -> dict[str, str]:
+        leaked = not problem and not held_out_keys.isdisjoint(json.loads(keys))
+        return {"problem": IN_EVAL_SET if leaked else problem}
+
+    return pairs.map(mark, input_columns=["problem", "keys"], desc="Leaving out eval-set images and prompts")
 
 
 def drop_reasons(pairs: Any) -> tuple[Counter, dict[str, list[str]]]:
@@ -327,25 +356,27 @@ def check_token_budget(pairs: Any, budget: TokenBudget) -> dict[str, Any] | None
     return tokens
 
 
-def usable_pairs(pairs: Any, ref: str, dropped: Counter, tokens: dict[str, Any] | None, budget: TokenBudget) -> Any:
-    """The pairs with no problem, without the bookkeeping columns. ConfigError: fewer than MIN_PAIRS."""
+def usable_pairs(pairs: Any, spec: DataSpec, dropped: Counter, tokens: dict[str, Any] | None,
+                 budget: TokenBudget) -> Any:
+    """The pairs with no problem, without the bookkeeping columns but their keys. ConfigError: fewer than
+    `spec.min_pairs`."""
     pairs = pairs.filter(lambda problem: not problem, input_columns="problem")
     pairs = pairs.remove_columns(["problem", "lengths", "row"])
-    if len(pairs) < MIN_PAIRS:
+    if len(pairs) < spec.min_pairs:
         hint = f" {budget_warnings(tokens, budget.fewer_image_tokens)[0]}" if tokens and dropped.get(TOO_LONG) else ""
-        raise ConfigError(f"DPO_DATASET={ref}: only {len(pairs)} usable pairs "
+        raise ConfigError(f"{spec.setting}={spec.ref}: only {len(pairs)} usable pairs "
                           f"(dropped: {dict(dropped) or 'none'}).{hint}")
     return pairs
 
 
-def split_eval(pairs: Any, spec: DataSpec) -> tuple[Any, Any | None]:
-    """(train, eval): DPO_EVAL_FRACTION of the pairs (at least one, at most DPO_MAX_EVAL_PAIRS) held out, seeded;
-    no eval split at fraction 0."""
+def split_eval(pairs: Any, keys: list[list[str]], spec: DataSpec) -> tuple[Any, Any | None, dict[str, Any] | None]:
+    """(train, eval, the split's report): DPO_EVAL_FRACTION of the pairs (at least one, at most DPO_MAX_EVAL_PAIRS,
+    within one group of pairs that share an image or a prompt) held out, seeded; no eval split at fraction 0."""
     if spec.eval_fraction <= 0:
-        return pairs, None
+        return pairs, None, None
     n_eval = min(spec.max_eval_pairs, max(1, round(len(pairs) * spec.eval_fraction)))
-    split = pairs.train_test_split(test_size=n_eval, seed=spec.seed)
-    return split["train"], split["test"]
+    train, evaluation, report = grouped_split(keys, n_eval, spec.seed)
+    return pairs.select(train), pairs.select(evaluation), report
 
 
 def save_prepared(data: PreparedData, directory: Path) -> None:

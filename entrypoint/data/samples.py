@@ -11,11 +11,18 @@ same code path (format detection, image cleaning, collation) as the real thing:
   `PHOTO_SIZES[i % len(PHOTO_SIZES)]`: every 16 rows hold each size once. Flat colours keep the
   PNGs small (32 rows: about 0.3 MB).
 - `vqa-rad`: flaviagiammarino/vqa-rad: greyscale "scans" of a brain, lungs or liver, with or
-  without a bright "lesion"; half yes/no questions, half open ones, like the real set.
+  without a bright "lesion"; half yes/no questions, half open ones, like the real set, and several
+  questions about each scan (`DEFAULT_REPEATS`: 4 rows a scan; the real set asks about 7 an image).
 - `text`: a plain (non-conversational) preference set, prompt/chosen/rejected strings: polite
   correct answers to sums and facts are chosen, wrong or rude ones rejected.
 - `rlhf-v`: openbmb/RLHF-V-Dataset: the content of `rlaif-v` (drawn from other seeds, so the rows
   differ), with question, chosen and rejected as one JSON object in the `text` column and an int `idx`.
+- `pope`: lmms-lab/POPE (object hallucination, yes/no): each generated image holds 3 of `POPE_OBJECTS`
+  (shapes), and is asked about in POPE's 3 categories, 6 questions each, as POPE asks them: 3 about
+  objects in the image (answer "yes") and 3 about objects that are not (answer "no"), the absent ones
+  drawn at random (`random`), the most frequent objects of the set (`popular`), or the objects that
+  most often come with the ones drawn (`adversarial`). 18 rows an image, image by image (the real set
+  is ordered by category).
 - `llava-conversations`: LLaVA's conversation JSON (liuhaotian/LLaVA-Pretrain's
   blip_laion_cc_sbu_558k.json): a JSON array of {"id", "image", "conversations"} whose images are
   RGB JPEG files at relative paths (`00000/000000012.jpg`) beside the JSON, in a directory of its
@@ -33,7 +40,9 @@ to the image, so they stay visible at any size.
 
 Every row is drawn from its own RNG seeded by (name, seed, row index): the same seed gives the same
 file, byte for byte (for `llava-conversations`, the JSON and every JPEG), and a longer sample starts
-with the rows of a shorter one.
+with the rows of a shorter one. Rows that share an image (`repeats`, as real preference and VQA sets
+have several rows an image) draw the picture from an RNG of their first row's index and the rest
+from their own.
 """
 
 from __future__ import annotations
@@ -51,7 +60,10 @@ from PIL import Image, ImageDraw
 
 from entrypoint.errors import ConfigError
 
-SAMPLES: tuple[str, ...] = ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text", "rlhf-v", "llava-conversations")
+SAMPLES: tuple[str, ...] = ("rlaif-v", "rlaif-v-photos", "vqa-rad", "text", "rlhf-v", "llava-conversations", "pope")
+# Rows that share one image, by sample (1 where not named): the default of `write_sample`'s `repeats`.
+DEFAULT_REPEATS = {"vqa-rad": 4}
+REPEATABLE = ("rlaif-v", "rlaif-v-photos", "rlhf-v", "vqa-rad")  # the samples `repeats` applies to
 
 MIN_SIDE, MAX_SIDE = 24, 96
 # `rlaif-v-photos`' image sizes (width, height), cycled by row index. With 8 modes cycling beside
@@ -68,7 +80,7 @@ PHOTO_SIZES: tuple[tuple[int, int], ...] = (
     (300, 1200), (2000, 500),  # thin strips, tall and wide
     (50, 50),  # smaller than any processor's input: the processor upscales it
 )
-SAMPLE_VERSION = 1  # in the file name: bump when the generator changes, so cached samples are not reused
+SAMPLE_VERSION = 2  # in the file name: bump when the generator changes, so cached samples are not reused
 
 
 def _features(name: str):
@@ -90,6 +102,8 @@ def _features(name: str):
                    "origin_split": string, "idx": Value("int64"), "image_path": string},
         "llava-conversations": {"id": string, "image": string,
                                 "conversations": List({"from": string, "value": string})},
+        "pope": {"id": string, "question_id": string, "question": string, "answer": string, "image_source": string,
+                 "image": ImageFeature(), "category": string},
     }[name]
     return Features(columns)
 
@@ -157,20 +171,23 @@ def _draw_shapes(image: Image.Image, shape: str, count: int, fill) -> None:
             draw.polygon([(cx, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
 
 
-def _rlaif_v_row(i: int, rng: random.Random, seed: int, size_of=_random_size) -> dict[str, object]:
+def _rlaif_v_row(i: int, rng: random.Random, seed: int, size_of=_random_size, picture: random.Random | None = None,
+                 first: int | None = None) -> dict[str, object]:
     """Row i; `size_of(i, rng)` picks the image size (drawn from `rng` where it must be, after the
-    shape and count, so `rlaif-v` keeps the same draws and the same bytes)."""
-    mode = _MODES[i % len(_MODES)]
-    shape, count = rng.choice(_SHAPES), rng.randint(1, 3)
-    size = size_of(i, rng)
+    shape and count, so `rlaif-v` keeps the same draws and the same bytes). `picture`, `first`: the RNG
+    the image is drawn from and the row it belongs to, when rows share it (`rng` and `i` otherwise)."""
+    picture, first = picture or rng, i if first is None else first
+    mode = _MODES[first % len(_MODES)]
+    shape, count = picture.choice(_SHAPES), picture.randint(1, 3)
+    size = size_of(first, picture)
     if mode == "L":
         palette, background = _GREYS, "gray"
-        color = rng.choice(list(palette))
+        color = picture.choice(list(palette))
         image = Image.new("L", size, 128)
         _draw_shapes(image, shape, count, palette[color])
     else:
-        palette, background = _COLORS, "white" if mode == "RGBA" else rng.choice(list(_BACKGROUNDS))
-        color = rng.choice(list(palette))
+        palette, background = _COLORS, "white" if mode == "RGBA" else picture.choice(list(_BACKGROUNDS))
+        color = picture.choice(list(palette))
         if mode == "RGBA":  # transparent background: white once flattened, as the text says
             image = Image.new("RGBA", size, (255, 255, 255, 0))
             _draw_shapes(image, shape, count, (*palette[color], 255))
@@ -216,14 +233,14 @@ def _rlaif_v_row(i: int, rng: random.Random, seed: int, size_of=_random_size) ->
         "origin_dataset": "synthetic-shapes",
         "origin_split": json.dumps({"model": "generated", "feedback_model": "rule", "type": kind}),
         "idx": f"synthetic-{seed}-{i}",
-        "image_path": f"synthetic/{seed}/{i:05d}.png",
+        "image_path": f"synthetic/{seed}/{first:05d}.png",
     }
 
 
-def _rlhf_v_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+def _rlhf_v_row(i: int, rng: random.Random, seed: int, **shared) -> dict[str, object]:
     """An `rlaif-v` row (from this sample's own RNG) in RLHF-V's columns: question, chosen and rejected
     in one JSON object in `text`, and `idx` an int."""
-    row = _rlaif_v_row(i, rng, seed)
+    row = _rlaif_v_row(i, rng, seed, **shared)
     return {
         "ds_name": "RLHF-V",
         "image": row["image"],
@@ -265,10 +282,13 @@ def _scan(organ: str, lesion: str | None, size: tuple[int, int], noise: np.rando
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
 
 
-def _vqa_rad_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
-    organ = rng.choice(_ORGANS)
-    lesion = rng.choice((None, "left", "right"))
-    image = _scan(organ, lesion, _size(rng), np.random.default_rng(rng.getrandbits(64)))
+def _vqa_rad_row(i: int, rng: random.Random, seed: int, picture: random.Random | None = None,
+                 first: int | None = None) -> dict[str, object]:
+    """Row i: the scan from `picture` (shared by the rows asking about it), the question from `rng`."""
+    picture = picture or rng
+    organ = picture.choice(_ORGANS)
+    lesion = picture.choice((None, "left", "right"))
+    image = _scan(organ, lesion, _size(picture), np.random.default_rng(picture.getrandbits(64)))
 
     def yes_no(flag: object) -> str:
         return "yes" if flag else "no"
@@ -322,6 +342,94 @@ def _text_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
         wrong = f"{_a(animal).capitalize()} has {_other(rng, sorted(set(_LEGS.values())), _LEGS[animal])} legs."
     rejected = rng.choice(_RUDE) if rng.random() < 0.25 else wrong
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+# --- pope ----------------------------------------------------------------------------------------
+
+# The objects, most frequent first: an image's objects are drawn with these weights, so the order is also the
+# set's frequency order (POPE's `popular` negatives are the most frequent objects not in the image).
+POPE_OBJECTS = ("square", "circle", "triangle", "star", "cross", "diamond", "ring", "bar")
+_POPE_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 1)
+# Objects that come together: an image with one holds the other in 7 of 10 draws (POPE's `adversarial` negatives
+# are the absent objects that most often come with the ones in the image).
+_POPE_PARTNERS = {"square": "diamond", "diamond": "square", "circle": "ring", "ring": "circle",
+                  "triangle": "star", "star": "triangle", "cross": "bar", "bar": "cross"}
+POPE_CATEGORIES = ("adversarial", "popular", "random")
+POPE_PER_IMAGE = 3  # objects in an image, and questions a category asks with the answer "yes" (and "no")
+POPE_ROWS_PER_IMAGE = len(POPE_CATEGORIES) * 2 * POPE_PER_IMAGE
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, kind: str, box: tuple[float, float, float, float], fill) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    if kind == "square":
+        draw.rectangle(box, fill=fill)
+    elif kind == "circle":
+        draw.ellipse(box, fill=fill)
+    elif kind == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif kind == "star":
+        points = [(cx + (r if k % 2 == 0 else r / 2.5) * np.sin(np.pi * k / 5),
+                   cy - (r if k % 2 == 0 else r / 2.5) * np.cos(np.pi * k / 5)) for k in range(10)]
+        draw.polygon(points, fill=fill)
+    elif kind == "cross":
+        draw.rectangle((cx - r / 3, y0, cx + r / 3, y1), fill=fill)
+        draw.rectangle((x0, cy - r / 3, x1, cy + r / 3), fill=fill)
+    elif kind == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    elif kind == "ring":
+        draw.ellipse(box, outline=fill, width=max(2, round(r / 3)))
+    else:  # bar
+        draw.rectangle((x0, cy - r / 4, x1, cy + r / 4), fill=fill)
+
+
+def _pope_objects(picture: random.Random) -> list[str]:
+    """3 distinct objects by frequency, each one's partner likely beside it."""
+    chosen: list[str] = []
+    while len(chosen) < POPE_PER_IMAGE:
+        partner = _POPE_PARTNERS[chosen[-1]] if chosen else None
+        if partner and partner not in chosen and picture.random() < 0.7:
+            chosen.append(partner)
+            continue
+        left = [o for o in POPE_OBJECTS if o not in chosen]
+        chosen.append(picture.choices(left, weights=[_POPE_WEIGHTS[POPE_OBJECTS.index(o)] for o in left])[0])
+    return chosen
+
+
+def _pope_negatives(present: list[str], picture: random.Random) -> dict[str, list[str]]:
+    """The absent objects each category asks about, as POPE samples them."""
+    absent = [o for o in POPE_OBJECTS if o not in present]  # in frequency order
+    together = sorted(absent, key=lambda o: -sum(_POPE_PARTNERS[p] == o for p in present))  # stable: then frequency
+    return {"adversarial": together[:POPE_PER_IMAGE], "popular": absent[:POPE_PER_IMAGE],
+            "random": picture.sample(absent, POPE_PER_IMAGE)}
+
+
+@functools.lru_cache(maxsize=4)
+def _pope_image(seed: int, index: int) -> tuple[dict[str, object], list[str], dict[str, list[str]]]:
+    """Image `index`: its PNG, the objects in it (left to right) and the absent ones each category asks about."""
+    picture = random.Random(f"pope:{seed}:image:{index}")
+    present = _pope_objects(picture)
+    cell = picture.randint(MIN_SIDE, MAX_SIDE // 2)
+    background = picture.choice(list(_BACKGROUNDS))
+    image = Image.new("RGB", (cell * POPE_PER_IMAGE, cell + picture.randint(0, cell // 2)), _BACKGROUNDS[background])
+    draw = ImageDraw.Draw(image)
+    colors = picture.sample(list(_COLORS), POPE_PER_IMAGE)
+    top = (image.height - cell) / 2
+    for k, (kind, color) in enumerate(zip(present, colors, strict=True)):
+        draw_box = (k * cell + 0.15 * cell, top + 0.15 * cell, (k + 1) * cell - 0.15 * cell, top + 0.85 * cell)
+        _draw_object(draw, kind, draw_box, _COLORS[color])
+    return _png(image), present, _pope_negatives(present, picture)
+
+
+def _pope_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
+    """Row i of image i // 18: category, then yes and no in turn (yes about the image's objects, in order)."""
+    index, position = divmod(i, POPE_ROWS_PER_IMAGE)
+    category = POPE_CATEGORIES[position // (2 * POPE_PER_IMAGE)]
+    k = position % (2 * POPE_PER_IMAGE)
+    image, present, negatives = _pope_image(seed, index)
+    asked, answer = (present[k // 2], "yes") if k % 2 == 0 else (negatives[category][k // 2], "no")
+    return {"id": str(i), "question_id": str(i + 1), "question": f"Is there {_a(asked)} in the image?",
+            "answer": answer, "image_source": f"synthetic_{seed}_{index:012d}", "image": image, "category": category}
 
 
 # --- llava-conversations -------------------------------------------------------------------------
@@ -383,14 +491,17 @@ def _llava_row(i: int, rng: random.Random, seed: int) -> dict[str, object]:
 
 
 _ROWS = {"rlaif-v": _rlaif_v_row, "rlaif-v-photos": functools.partial(_rlaif_v_row, size_of=_photo_size),
-         "vqa-rad": _vqa_rad_row, "text": _text_row, "rlhf-v": _rlhf_v_row, "llava-conversations": _llava_row}
+         "vqa-rad": _vqa_rad_row, "text": _text_row, "rlhf-v": _rlhf_v_row, "llava-conversations": _llava_row,
+         "pope": _pope_row}
 # Samples written as a JSON file (the name below) with image files beside it, in a directory of their own.
 _JSON_SAMPLES = {"llava-conversations": "chat.json"}
 
 
-def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0) -> pathlib.Path:
+def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0,
+                 repeats: int | None = None) -> pathlib.Path:
     """Write sample `name` in `out_dir` and return the path of its data file: one parquet file, or for
-    `llava-conversations` a directory of its own holding the JSON file and its images.
+    `llava-conversations` a directory of its own holding the JSON file and its images. `repeats`: rows
+    that share one image (`REPEATABLE` samples; default `DEFAULT_REPEATS`, else 1).
 
     An existing sample of the same name, rows and seed is returned as is (the content is a pure
     function of those). It is written under a temporary name and renamed, so a reader never sees
@@ -400,8 +511,12 @@ def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0
         raise ConfigError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
     if rows < 1:
         raise ConfigError(f"sample {name}: rows must be >= 1, got {rows}")
+    default = DEFAULT_REPEATS.get(name, 1)
+    repeats = default if repeats is None else repeats
+    if repeats != default and (name not in REPEATABLE or repeats < 1):
+        raise ConfigError(f"sample {name}: repeats must be >= 1, for the samples {', '.join(REPEATABLE)}")
     out_dir = pathlib.Path(out_dir)
-    stem = f"{name}-{rows}-{seed}-v{SAMPLE_VERSION}"
+    stem = f"{name}-{rows}-{seed}-v{SAMPLE_VERSION}" + (f"-x{repeats}" if repeats != default else "")
     if name in _JSON_SAMPLES:
         return _write_json_sample(name, out_dir / stem, _JSON_SAMPLES[name], rows, seed)
     path = out_dir / f"{stem}.parquet"
@@ -409,7 +524,7 @@ def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0
         return path
     import datasets
 
-    records = _records(name, rows, seed)
+    records = _records(name, rows, seed, repeats)
     columns = {key: [record[key] for record in records] for key in records[0]}
     out_dir.mkdir(parents=True, exist_ok=True)
     temp = out_dir / f".{path.name}.{os.getpid()}.tmp"  # not *.parquet: never picked up as data
@@ -421,8 +536,12 @@ def write_sample(name: str, out_dir: pathlib.Path, rows: int = 48, seed: int = 0
     return path
 
 
-def _records(name: str, rows: int, seed: int) -> list[dict[str, object]]:
-    return [_ROWS[name](i, random.Random(f"{name}:{seed}:{i}"), seed) for i in range(rows)]
+def _records(name: str, rows: int, seed: int, repeats: int = 1) -> list[dict[str, object]]:
+    """Row i from its own RNG; with `repeats` > 1 its image from the RNG of the first row that shares it."""
+    if repeats == 1:
+        return [_ROWS[name](i, random.Random(f"{name}:{seed}:{i}"), seed) for i in range(rows)]
+    return [_ROWS[name](i, random.Random(f"{name}:{seed}:{i}"), seed, first=i - i % repeats,
+                        picture=random.Random(f"{name}:{seed}:image:{i - i % repeats}")) for i in range(rows)]
 
 
 def _write_json_sample(name: str, directory: pathlib.Path, file_name: str, rows: int, seed: int) -> pathlib.Path:

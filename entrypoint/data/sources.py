@@ -18,14 +18,14 @@ _LOADERS_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "json", ".json": "json", 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def check_source(ref: str, revision: str | None = None) -> None:
+def check_source(ref: str, revision: str | None = None, setting: str = "DPO_DATASET") -> None:
     """Fail fast, naming the problem, for a dataset reference that cannot work (`revision`: a Hub dataset's,
-    DPO_DATASET_REVISION)."""
+    DPO_DATASET_REVISION; `setting`: the one the reference is given by, DPO_DATASET or DPO_EVAL_DATASET)."""
     if ref.startswith(SAMPLE_PREFIX):
         from entrypoint.data.samples import SAMPLES
 
         if ref[len(SAMPLE_PREFIX):] not in SAMPLES:
-            raise ConfigError(f"DPO_DATASET={ref!r}: unknown sample; samples: {', '.join(SAMPLES)}")
+            raise ConfigError(f"{setting}={ref!r}: unknown sample; samples: {', '.join(SAMPLES)}")
     elif ref.startswith("s3://"):
         from entrypoint.remote import s3
 
@@ -33,13 +33,13 @@ def check_source(ref: str, revision: str | None = None) -> None:
     elif looks_local(ref):
         path = Path(ref).expanduser()
         if not path.exists():
-            raise ConfigError(f"DPO_DATASET={ref}: no such file or directory")
+            raise ConfigError(f"{setting}={ref}: no such file or directory")
         if path.is_file() and path.suffix not in _LOADERS_BY_SUFFIX:
-            raise ConfigError(f"DPO_DATASET={ref}: unsupported file type; use {', '.join(_LOADERS_BY_SUFFIX)}")
+            raise ConfigError(f"{setting}={ref}: unsupported file type; use {', '.join(_LOADERS_BY_SUFFIX)}")
     elif not _HUB_ID.match(ref):
-        raise ConfigError(f"DPO_DATASET={ref!r}: neither a Hub dataset id, an s3:// URI, a path nor a sample")
+        raise ConfigError(f"{setting}={ref!r}: neither a Hub dataset id, an s3:// URI, a path nor a sample")
     else:
-        _check_hub_dataset(ref, revision)
+        _check_hub_dataset(ref, revision, setting)
 
 
 def check_image_dir(image_dir: Path | None) -> None:
@@ -48,7 +48,7 @@ def check_image_dir(image_dir: Path | None) -> None:
                           "relative to, or leave it unset to use the data file's folder")
 
 
-def _check_hub_dataset(ref: str, revision: str | None = None) -> None:
+def _check_hub_dataset(ref: str, revision: str | None = None, setting: str = "DPO_DATASET") -> None:
     """A typo'd or gated dataset id fails here, not after the processor is loaded. Offline
     (HF_HUB_OFFLINE=1) the Hub cannot be asked: a cached copy may still load."""
     from huggingface_hub import HfApi
@@ -59,8 +59,8 @@ def _check_hub_dataset(ref: str, revision: str | None = None) -> None:
         HfApi(token=hub.token()).dataset_info(ref, revision=revision)
     except Exception as exc:  # noqa: BLE001 - not found, gated, no network: the user's to fix
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        at = f" at DPO_DATASET_REVISION={revision}" if revision else ""
-        raise ConfigError(f"DPO_DATASET={ref}: cannot read it from the Hub{at} ({type(exc).__name__}: "
+        at = f" at {setting}_REVISION={revision}" if revision else ""
+        raise ConfigError(f"{setting}={ref}: cannot read it from the Hub{at} ({type(exc).__name__}: "
                           f"{first_line})") from None
 
 
@@ -82,14 +82,14 @@ def _split_files(path: Path, split: str) -> dict[str, list[Path]]:
     return {name: files for name, files in found.items() if files}
 
 
-def _data_files(path: Path, split: str) -> tuple[str, list[str]]:
+def _data_files(path: Path, split: str, setting: str = "DPO_DATASET") -> tuple[str, list[str]]:
     """The builder and files of one split (`train`, or with datasets' slicing, `train[:1000]`)."""
     by_split = _split_files(path, split)
     if not by_split:
         raise ConfigError(f"{path}: no {'/'.join(_LOADERS_BY_SUFFIX)} files found")
     name = split.split("[", 1)[0]
     if name not in by_split:
-        raise ConfigError(f"DPO_DATASET_SPLIT={split}: {path} has the split(s) {', '.join(sorted(by_split))} (named "
+        raise ConfigError(f"{setting}_SPLIT={split}: {path} has the split(s) {', '.join(sorted(by_split))} (named "
                           f"by file or folder, e.g. {name}-00000.parquet or {name}/); set one of them")
     files = by_split[name]
     suffixes = {p.suffix for p in files}
@@ -108,7 +108,7 @@ def split_files(path: Path, split: str) -> list[Path]:
     return [Path(f) for f in _data_files(path, split)[1]]
 
 
-def _load_local(path: Path, split: str) -> Any:
+def _load_local(path: Path, split: str, setting: str = "DPO_DATASET") -> Any:
     import datasets
 
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
@@ -116,9 +116,9 @@ def _load_local(path: Path, split: str) -> Any:
         if not isinstance(loaded, datasets.DatasetDict):
             return loaded
         if split not in loaded:
-            raise ConfigError(f"DPO_DATASET_SPLIT={split}: {path} has the split(s) {', '.join(sorted(loaded))}")
+            raise ConfigError(f"{setting}_SPLIT={split}: {path} has the split(s) {', '.join(sorted(loaded))}")
         return loaded[split]
-    builder, files = _data_files(path, split)
+    builder, files = _data_files(path, split, setting)
     try:
         return datasets.load_dataset(builder, data_files={split.split("[", 1)[0]: files}, split=split)
     except Exception as exc:  # noqa: BLE001 - a file datasets cannot parse: the user's to fix
@@ -154,19 +154,20 @@ def image_root(local: Path | None) -> Path | None:
 
 
 def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, local: Path | None = None,
-              revision: str | None = None) -> Any:
+              revision: str | None = None, setting: str = "DPO_DATASET") -> Any:
     """The raw rows as a `datasets.Dataset` (images decoded lazily by `datasets`).
 
     `limit`: a Hub dataset is streamed and only its first `limit` rows are read (a dry run's sample,
     without downloading the whole set); local files are read whole either way. `local`: what
     `local_path(ref, cache_dir)` returned, when the caller already has it. `revision`: a Hub dataset's branch, tag
-    or commit (DPO_DATASET_REVISION; `--from-run` pins the recorded commit).
+    or commit (DPO_DATASET_REVISION; `--from-run` pins the recorded commit). `setting`: the setting that names the
+    data (DPO_DATASET or DPO_EVAL_DATASET), in errors.
     """
     import datasets
 
     local = local or local_path(ref, cache_dir)
     if local is not None:
-        return _load_local(local, split)
+        return _load_local(local, split, setting)
     try:
         if limit:
             stream = datasets.load_dataset(ref, split=split, revision=revision, token=hub.token(),
@@ -174,4 +175,4 @@ def load_rows(ref: str, split: str, cache_dir: Path, limit: int | None = None, l
             return datasets.Dataset.from_list(list(stream.take(limit)), features=stream.features)
         return datasets.load_dataset(ref, split=split, revision=revision, token=hub.token())
     except (OSError, ValueError) as exc:  # not found, no such split, offline and not cached
-        raise ConfigError(f"DPO_DATASET={ref}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{setting}={ref}: {str(exc).splitlines()[0]}") from None

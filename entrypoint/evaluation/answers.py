@@ -1,5 +1,6 @@
 """Answers to the eval prompts, base and tuned: greedy generations, task accuracy against the data's own answers
-(VQA-RAD: yes/no by exact match, open questions by token F1), and the samples shown side by side."""
+(open questions by token F1; yes/no questions are scored by the model's yes and no tokens, yes_no.py), and the
+samples shown side by side."""
 
 from __future__ import annotations
 
@@ -75,16 +76,17 @@ def _generate(model: Any, processor: Any, pair: dict[str, Any], max_new_tokens: 
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def greedy_answers(model: Any, processor: Any, pairs: Any, count: int,
+def greedy_answers(model: Any, processor: Any, pairs: Any, which: int | list[int],
                    max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, list[str]]:
-    """{"base": [...], "tuned": [...]}: greedy answers to the first `count` eval prompts, adapter off and on."""
+    """{"base": [...], "tuned": [...]}: greedy answers to the eval prompts `which` names (their indices, or the first
+    `which`), adapter off and on."""
 
     answers: dict[str, list[str]] = {"base": [], "tuned": []}
     was_training = model.training
     model.eval()
-    count = min(count, len(pairs))
-    with progress("evaluation: answers", count, "prompts") as advance:
-        for pair in pairs.select(range(count)):
+    indices = list(range(min(which, len(pairs)))) if isinstance(which, int) else which
+    with progress("evaluation: answers", len(indices), "prompts") as advance:
+        for pair in pairs.select(indices):
             with model.disable_adapter():
                 answers["base"].append(_generate(model, processor, pair, max_new_tokens))
             answers["tuned"].append(_generate(model, processor, pair, max_new_tokens))

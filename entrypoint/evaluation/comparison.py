@@ -7,10 +7,17 @@ from typing import Any
 
 MISSING = "—"  # where a figure has no value (the card, the log, report.html)
 STEP0_NOTE = "base: at step 0 the policy is the reference, so rewards are 0 and the loss ln 2 by construction"
+YES_NO_NOTE = ("the more probable of the model's yes and no tokens after the prompt, against the reference "
+               "(yes positive)")
+# POPE's figures (yes_no.py), as the table names them
+YES_NO_ROWS = {"accuracy": "yes/no accuracy", "precision": "yes/no precision", "recall": "yes/no recall",
+               "f1": "yes/no F1", "yes_ratio": "yes/no: share answered yes"}
 
 
-def comparison(evaluation: dict[str, Any], before: dict[str, float], after: dict[str, float]) -> list[dict[str, Any]]:
-    """The before/after table (metrics.json "comparison"; card, report, wandb and the log's summary show it)."""
+def comparison(evaluation: dict[str, Any], before: dict[str, float], after: dict[str, float],
+               yes_no: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The before/after table (metrics.json "comparison"; card, report, wandb and the log's summary show it);
+    `yes_no`: metrics.json's "yes_no" (its rows stand for task accuracy's yes/no questions)."""
     rows: list[dict[str, Any]] = []
     preference = evaluation.get("preference") or {}
     if preference:
@@ -22,7 +29,11 @@ def comparison(evaluation: dict[str, Any], before: dict[str, float], after: dict
                  "mean log-probability a token (nats)"),
         ]
     task = evaluation.get("task") or {}
-    if "closed" in task:
+    if yes_no:
+        base, tuned = yes_no["base"], yes_no["tuned"]
+        rows += [_row(label, base[key], tuned[key], yes_no["questions"], YES_NO_NOTE)
+                 for key, label in YES_NO_ROWS.items()]
+    elif "closed" in task:
         rows.append(_row("yes/no questions: exact match", task["closed"]["base"], task["closed"]["tuned"],
                          task["closed"]["questions"], "the greedy answer's yes or no against the reference"))
     if "open" in task:
@@ -42,6 +53,16 @@ def _row(metric: str, base: float | None, tuned: float | None, count: int | None
 def number(value: float | None) -> str:
     """A figure of the comparison as the log and the card show it (a dash where there is none)."""
     return MISSING if value is None else f"{value:.4f}"
+
+
+def yes_no_lines(yes_no: dict[str, Any]) -> list[str]:
+    """The yes/no figures, overall and by category, as log lines."""
+    def figures(part: dict[str, Any]) -> str:
+        return ", ".join(f"{key.replace('_', ' ')} {number(part['base'][key])} -> {number(part['tuned'][key])}"
+                         for key in YES_NO_ROWS)
+
+    return [f"yes/no questions ({yes_no['questions']}), base -> tuned: {figures(yes_no)}",
+            *(f"  {name} ({part['questions']}): {figures(part)}" for name, part in yes_no["categories"].items())]
 
 
 def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -1,17 +1,20 @@
-"""Evaluation on the held-out pairs: does the tuned adapter beat the base model, and by how much?
+"""Evaluation on the eval pairs (a grouped split, or DPO_EVAL_DATASET): does the tuned adapter beat the base
+model, and by how much?
 
 "Base" is the base model: the trained model with its adapter switched off, so no second copy is
-loaded. Three kinds of figures, each for base and tuned:
+loaded. Four kinds of figures, each for base and tuned:
 
 - preference accuracy by the model's own likelihood: the share of pairs whose chosen answer gets a
   higher mean log-probability per token than the rejected one, and the mean gap. Unlike DPO's
   rewards it means something for the base model too;
-- task accuracy where the data holds the right answer (`Format.ground_truth`, e.g. VQA-RAD):
-  yes/no questions by exact match of the greedy answer's yes or no, open questions by token F1;
+- yes/no questions where the data holds the right answer (`Format.ground_truth`: POPE, VQA-RAD's closed
+  questions): the more probable of the model's yes and no tokens after the prompt, scored as POPE is
+  (accuracy, precision, recall, F1, yes share, by category; yes_no.py);
+- task accuracy of the other questions with a right answer: token F1 of the greedy answer (answers.py);
 - DPO's reward metrics from `trainer.evaluate()`. At step 0 the policy is the reference, so the
   base's rewards are 0 and its loss ln 2 by construction: labelled as such wherever they are shown.
 
-The answers and task accuracy are in answers.py, the before/after table in comparison.py.
+The before/after table is comparison.py's.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint.data.formats import message_text
-from entrypoint.evaluation.answers import greedy_answers, sample_rows, task_accuracy
-from entrypoint.evaluation.comparison import comparison
+from entrypoint.evaluation.answers import greedy_answers, is_closed, sample_rows, task_accuracy
+from entrypoint.evaluation.comparison import comparison, yes_no_lines
+from entrypoint.evaluation.yes_no import evaluate_yes_no
 from entrypoint.logs import progress
 
 log = logging.getLogger("entrypoint")
@@ -122,40 +126,68 @@ def _mean_token_logps(model: Any, inputs: dict[str, Any]) -> Any:
 
 # ---- the whole evaluation after training
 
+def _task(references: list[str], open_: list[int], answered: dict[int, tuple[str, str]],
+          yes_no: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's evaluation "task": token F1 of the open questions' greedy answers (`answered`: index -> (base,
+    tuned)), and the yes/no accuracy where it has always been ("closed"; scored by the yes and no tokens now)."""
+    task = task_accuracy([references[i] for i in open_], {name: [answered[i][k] for i in open_]
+                                                          for k, name in enumerate(("base", "tuned"))})
+    if yes_no:
+        task["closed"] = {"questions": yes_no["questions"], "base": yes_no["base"]["accuracy"],
+                          "tuned": yes_no["tuned"]["accuracy"]}
+    return task
+
+
 def evaluate_trained(trainer: Any, processor: Any, pairs: Any, *, before: dict[str, float], ground_truth: bool,
                      generations: int, run_dir: Path, is_main: bool) -> dict[str, Any]:
     """metrics.json's evaluation keys (rank 0; {} on the others, which take part in the likelihood pass):
-    eval_after (DPO rewards), evaluation (likelihood and task figures), comparison, samples (images saved)."""
+    eval_after (DPO rewards), evaluation (likelihood and task figures), yes_no (POPE's figures, by category),
+    comparison, samples (images saved)."""
     if pairs is None:
-        return {"eval_after": {}, "evaluation": {}, "comparison": [], "samples": []}
+        return {"eval_after": {}, "evaluation": {}, "yes_no": {}, "comparison": [], "samples": []}
     after = final_reward_metrics(trainer)
     evaluation = base_and_tuned(trainer, processor, pairs, ground_truth=ground_truth, generations=generations,
                                 is_main=is_main)
     if not is_main:
         return {}
-    answers = evaluation.pop("answers")
-    return {"eval_after": after, "evaluation": evaluation, "comparison": comparison(evaluation, before, after),
+    answers, yes_no = evaluation.pop("answers"), evaluation.pop("yes_no")
+    return {"eval_after": after, "evaluation": evaluation, "yes_no": yes_no,
+            "comparison": comparison(evaluation, before, after, yes_no),
             "samples": sample_rows(pairs, answers, generations, run_dir)}
 
 
 def base_and_tuned(trainer: Any, processor: Any, pairs: Any, *, ground_truth: bool, generations: int,
                    is_main: bool) -> dict[str, Any]:
-    """Likelihood preference (every rank), then on rank 0 the greedy answers: all eval prompts when the data
-    has right answers (task accuracy), else the `generations` shown as samples. Times each part."""
+    """Likelihood preference (every rank), then on rank 0, where the data has right answers, the yes/no questions
+    by their yes and no tokens and the other questions by greedy answers (task accuracy); greedy answers to the first
+    `generations` prompts either way, shown as samples. Times each part."""
     started = time.perf_counter()
     preference = likelihood_preference(trainer)
     seconds = {"likelihood": time.perf_counter() - started}
-    result: dict[str, Any] = {"pairs": len(pairs), "preference": preference}
+    result: dict[str, Any] = {"pairs": len(pairs), "preference": preference, "yes_no": {}}
     if not is_main:
         return result
-    wanted = len(pairs) if ground_truth else generations
+    references = [message_text(chosen) for chosen in pairs["chosen"]] if ground_truth else []  # no image decoded
+    closed = [i for i, reference in enumerate(references) if is_closed(reference)]
+    open_ = [i for i, reference in enumerate(references) if not is_closed(reference)]
+    if closed:
+        started = time.perf_counter()
+        result["yes_no"] = evaluate_yes_no(trainer.model, processor, pairs.select(closed),
+                                           [references[i] for i in closed],
+                                           2 * trainer.args.per_device_eval_batch_size, trainer.accelerator.autocast)
+        seconds["yes_no"] = time.perf_counter() - started
+        for line in yes_no_lines(result["yes_no"]):
+            log.info("evaluation: %s", line)
+    # The samples first (the first `generations` prompts), then every open question not among them, in order.
+    wanted = sorted(set(range(min(generations, len(pairs)))) | set(open_))
     started = time.perf_counter()
     answers = greedy_answers(trainer.model, processor, pairs, wanted) if wanted else {"base": [], "tuned": []}
     seconds["answers"] = time.perf_counter() - started
     if ground_truth:
-        references = [message_text(pair["chosen"]) for pair in pairs.select(range(len(answers["base"])))]
-        result["task"] = task_accuracy(references, answers)
+        answered = dict(zip(wanted, zip(answers["base"], answers["tuned"], strict=True), strict=True))
+        result["task"] = _task(references, open_, answered, result["yes_no"])
     result.update(answers=answers, seconds=seconds)
-    log.info("evaluation of base and tuned: likelihoods of %d pairs %.1f s, %d greedy answers %.1f s",
-             len(pairs), seconds["likelihood"], len(answers["base"]), seconds["answers"])
+    yes_no = f", {len(closed)} yes/no questions {seconds['yes_no']:.1f} s" if closed else ""
+    log.info("evaluation of base and tuned: likelihoods of %d pairs %.1f s%s, %d greedy answers %.1f s", len(pairs),
+             seconds["likelihood"], yes_no, len(answers["base"]), seconds["answers"])
     return result

@@ -34,7 +34,6 @@ class Architecture:
     vocab_size: int
     vision_hidden_size: int = 0
     vision_patches: int = 0  # patches (tokens) the vision tower sees per image tile or crop
-    vision_states_kept: int = 0  # hidden states the tower's forward keeps (all of them to pick a feature layer)
     full_params: int = 0  # parameters trained in full (PEFT modules_to_save: DPO_TRAIN_PROJECTOR), beside LoRA's
     vision_params: int = 0  # the vision modules (tower and projector)
     decoder_params: int = 0  # the language model's matmul parameters: input embedding table out, LM head in
@@ -108,8 +107,6 @@ def describe(config: Any, family: Family, lora_config: Any) -> Architecture:
         # Qwen-VL towers have no image size: the processor's pixel budget decides (planning/memory.py asks
         # image_tokens.py)
         vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1 if getattr(vision, "image_size", None) else 0,
-        vision_states_kept=(vision.num_hidden_layers + 1 if hasattr(config, "vision_feature_layer") else 1)
-        if vision else 0,
         full_params=full_params, vision_params=vision_params,
         decoder_params=params - vision_params - (0 if tied else embeddings.numel()),
         attention_width=heads * head_dim)

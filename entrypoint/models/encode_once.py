@@ -66,7 +66,14 @@ class OnceProcessor:
         self._processor = processor
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._processor, name)
+        # Only for what this class lacks. Unpickled or deep-copied (DataLoader workers started with spawn), the copy
+        # is asked for `__setstate__` and the like before `_processor` is set: read through `__dict__`, an attribute
+        # lookup here would ask for `_processor` again, forever.
+        try:
+            processor = self.__dict__["_processor"]
+        except KeyError:
+            raise AttributeError(name) from None
+        return getattr(processor, name)
 
     def __call__(self, *args: Any, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
         if not args and isinstance(images, list) and isinstance(text, list) and _halves_repeat(images) \

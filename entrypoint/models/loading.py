@@ -70,6 +70,14 @@ def _built_offline(ref: str, cache_dir: Path) -> tuple[str, str | None]:
     return str(build(name, cache_dir / kind / name)), PUBLISHED[name].repo if kind == "shapes" else None
 
 
+def model_width(model: ModelRef) -> int:
+    """The language model's hidden size, from config.json (a vision-language model's text_config)."""
+    import json
+
+    config = json.loads(config_path(model).read_text())
+    return int((config.get("text_config") or config).get("hidden_size") or 0)
+
+
 def config_path(model: ModelRef) -> Path:
     """The model's config.json on disk: the one resolve_model found or fetched (no second Hub request), or
     the one in the model directory of a hand-made ModelRef."""

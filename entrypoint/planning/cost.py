@@ -8,21 +8,27 @@ x DPO_NUM_TRAIN_EPOCHS (or DPO_MAX_STEPS x batch x accumulation).
 
 Seconds a pair: a measured throughput where bench/throughput.json has one for this GPU, model and
 quantization (`make bench-gpu` on a GPU; scaled to this run's tokens a pair), otherwise an estimate from the
-FLOPs of a DPO step at an assumed model FLOPs utilisation (MFU), always labelled with its source. FLOPs of
-one pair, whose chosen and rejected sequences are each L tokens (the pair's prompt + longer answer: they
-are padded to a common length), N the decoder's matmul parameters (the language model without its input
-embedding table, LM head included):
+FLOPs of a DPO step at an assumed model FLOPs utilisation (MFU), always labelled with its source. The MFU is an
+assumption, not a measurement of this job: 35%, with the hours and dollars it gives at 25% and 45% beside them
+(MFU_RANGE), until `make bench-gpu` measures the throughput. FLOPs of one pair, whose chosen and rejected sequences
+are each L tokens (the pair's prompt + longer answer: they are padded to a common length), N the decoder's matmul
+parameters (the language model without its input embedding table, LM head included):
 
     decoder     2 sequences x L x N x (2 policy forward + 2 activation gradients + 2 recomputed forward + 2 reference)
     attention   2 sequences x 2 L^2 x width x layers x (1 forward + 2 backward + 1 recomputed + 1 reference)
-    vision      images x 2 sequences x 2 models x 2 N_vision x patches an image
+    vision      images x 2 N_vision x patches an image, once a step (images encoded once)
+                images x 2 sequences x N_vision x patches x (the decoder's 2 + 2 + 2 + 2), on TRL's own path
 
 The backward runs through the frozen 4-bit base: it computes activation gradients (2N a token) but no weight
 gradients, except LoRA's (r=16 on a 7B: ~0.6% of N, left out); gradient checkpointing (on by default)
 recomputes each layer's forward (2N) for its backward, so the policy's side is 2N + 4N = 6N a token, 4N
 without checkpointing. The reference model (the base, adapters off) runs forward only. Attention scores are
-causal (half of L^2). The frozen vision tower runs forward, without gradients, for both sequences in both
-models. Evaluation, data preparation and start-up are not counted.
+causal (half of L^2). With images encoded once (DPO_ENCODE_IMAGES_ONCE, the tower frozen: models/encode_once.py)
+the tower runs forward once a step for each image, without gradients, its output shared by chosen, rejected and the
+reference. On TRL's own path (DPO_ENCODE_IMAGES_ONCE=false, or DPO_LORA_VISION) it runs for both sequences in both
+models, and the policy's pass also backward: TRL turns on input gradients for every sub-model's input embeddings,
+the tower's patch embedding included, so its activations get gradients (and their checkpointed recomputation) like
+the decoder's. Evaluation, data preparation and start-up are not counted.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any
 
 from entrypoint.config.settings import JobSettings
 from entrypoint.models.loading import ModelRef
-from entrypoint.planning.memory import checkpointing, plan_for_run
+from entrypoint.planning.memory import checkpointing, images_encoded_once, plan_for_run
 from entrypoint.planning.schedule import optimizer_steps
 from entrypoint.remote import hub
 from entrypoint.remote.refs import is_read_whole
@@ -45,7 +51,10 @@ log = logging.getLogger("entrypoint")
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (sky/ and bench/ live beside entrypoint/)
 THROUGHPUT_TABLE = Path("bench") / "throughput.json"
-MFU = 0.35  # assumed share of the bf16 peak a QLoRA DPO step reaches; measured figures replace it (see GPU below)
+# The share of the bf16 peak a QLoRA DPO step reaches: assumed, with no source (nothing has measured this job yet),
+# so the estimate also gives the range it spans at MFU_RANGE; bench/throughput.json's measurements replace it.
+MFU = 0.35
+MFU_RANGE = (0.25, 0.45)
 DEFAULT_GPUS = ("A100", "A100-80GB", "H100")  # what sky/*.yaml rent today, where the YAMLs are not at hand
 VIEWER_SIZE_URL = "https://datasets-server.huggingface.co/size"  # the Hub dataset viewer's row counts
 
@@ -103,12 +112,15 @@ class PairFlops:
 
 
 def pair_flops(size: ModelSize, length: int, images: float = 0.0, patches_per_image: int = 0,
-               checkpointing: bool = True) -> PairFlops:
+               checkpointing: bool = True, encode_once: bool = True) -> PairFlops:
     """FLOPs of one DPO pair (chosen and rejected, each `length` tokens) through policy and reference (module doc)."""
     recompute = 1 if checkpointing else 0
-    decoder = 2 * length * size.decoder * (2 + 2 + 2 * recompute + 2)
+    per_token = 2 + 2 + 2 * recompute + 2  # FLOPs a parameter: policy forward, gradients, recompute, reference
+    decoder = 2 * length * size.decoder * per_token
     attention = 2 * 2 * length**2 * size.attention_width * size.layers * (1 + 2 + recompute + 1)
-    vision = images * 2 * 2 * 2 * size.vision * patches_per_image
+    # Encoded once: one forward (2 FLOPs a parameter) an image a step. TRL's path: both sequences, through the
+    # policy as the decoder goes (the tower's output requires grad) and through the reference.
+    vision = images * patches_per_image * size.vision * (2 if encode_once else 2 * per_token)
     return PairFlops(float(decoder), float(attention), float(vision))
 
 
@@ -271,11 +283,15 @@ class GpuCost:
     usd: tuple[float, float] | None
     source: str
     fits: str
+    # An estimate's hours and dollars over MFU_RANGE: the p50 pair at the highest MFU and the cheapest price, to the
+    # p95 pair at the lowest and the dearest (None for a measured throughput)
+    spread: tuple[tuple[float, float], tuple[float, float]] | None = None
 
 
 def gpu_costs(names: list[str], flops_p50: float, flops_p95: float, pairs: int | None, model: str,
               quantization: str, tokens: tuple[int, int], need_gib: float,
-              measurements: list[dict[str, Any]], mfu: float = MFU) -> list[GpuCost]:
+              measurements: list[dict[str, Any]], mfu: float = MFU,
+              mfu_range: tuple[float, float] = MFU_RANGE) -> list[GpuCost]:
     """One row per GPU: throughput (measured where bench/throughput.json has it, else estimated), GPU hours, cost."""
     rows = []
     for name in names:
@@ -287,17 +303,22 @@ def gpu_costs(names: list[str], flops_p50: float, flops_p95: float, pairs: int |
         fits = f"yes ({need_gib:.1f} of {gpu.usable_gib:.0f} GiB)" if need_gib <= gpu.usable_gib else \
             f"no ({need_gib:.1f} GiB > {gpu.usable_gib:.0f})"
         found = measured(measurements, name, model, quantization, tokens[0])
+        count = pairs if pairs is not None else 1000
+        spread = None
         if found:
             rate, source = found
             rate_p95 = rate * tokens[0] / tokens[1]
         else:
             rate = estimated_pairs_per_second(flops_p50, gpu, mfu)
             rate_p95 = estimated_pairs_per_second(flops_p95, gpu, mfu)
-            source = f"estimate: {mfu:.0%} MFU x {gpu.peak_tflops:g} TFLOP/s bf16 (no measurement)"
-        count = pairs if pairs is not None else 1000
+            source = (f"estimate: {mfu:.0%} MFU x {gpu.peak_tflops:g} TFLOP/s bf16 (no measurement; the MFU is "
+                      "assumed)")
+            fast = count / estimated_pairs_per_second(flops_p50, gpu, max(mfu_range)) / 3600
+            slow = count / estimated_pairs_per_second(flops_p95, gpu, min(mfu_range)) / 3600
+            spread = ((fast, slow), (fast * gpu.spot_usd[0], slow * gpu.spot_usd[1]))
         hours = (count / rate / 3600, count / rate_p95 / 3600)
         usd = (hours[0] * gpu.spot_usd[0], hours[1] * gpu.spot_usd[1])
-        rows.append(GpuCost(name, rate, hours, usd, source, fits))
+        rows.append(GpuCost(name, rate, hours, usd, source, fits, spread))
     return rows
 
 
@@ -309,19 +330,22 @@ def _usd(value: float) -> str:
     return f"${value:.2f}" if value < 10 else f"${value:,.0f}"
 
 
-def table(rows: list[GpuCost], per_thousand: bool) -> list[str]:
+def table(rows: list[GpuCost], per_thousand: bool, mfu_range: tuple[float, float] = MFU_RANGE) -> list[str]:
     """The rows as a Markdown table (one log line each: paste them into the README as they are)."""
     what = "GPU hours a 1,000 pairs" if per_thousand else "GPU hours"
+    spread = f"at {min(mfu_range):.0%} - {max(mfu_range):.0%} MFU"
     lines = [f"| GPU | fits the memory plan | pairs/s (p50) | {what} (p50 - p95 pair) | spot $/GPU-hour | "
-             "cost | throughput from |", "|---|---|---|---|---|---|---|"]
+             f"cost | {spread} | throughput from |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row.hours is None:
-            lines.append(f"| {row.gpu} | {row.fits} | - | - | - | - | {row.source} |")
+            lines.append(f"| {row.gpu} | {row.fits} | - | - | - | - | - | {row.source} |")
             continue
         price = GPUS[row.gpu].spot_usd
+        ranged = (f"{_hours(row.spread[0][0])} - {_hours(row.spread[0][1])} h, {_usd(row.spread[1][0])} - "
+                  f"{_usd(row.spread[1][1])}") if row.spread else "-"
         lines.append(f"| {row.gpu} | {row.fits} | {row.pairs_per_second:,.2f} | {_hours(row.hours[0])} - "
                      f"{_hours(row.hours[1])} | ${price[0]:.2f} - ${price[1]:.2f} | {_usd(row.usd[0])} - "
-                     f"{_usd(row.usd[1])} | {row.source} |")
+                     f"{_usd(row.usd[1])} | {ranged} | {row.source} |")
     return lines
 
 
@@ -348,6 +372,8 @@ def describe(settings: Any, size: ModelSize, run: RunSize, tokens: tuple[int, in
                  f"steps of {step} pairs")
     vision = f"; {images:g} image a pair, up to {patches:,} vision patches an image" if images else ""
     recompute = " + 2 recomputed forward" if checkpointing(settings) else ""
+    tower = ("each image encoded once a step" if images_encoded_once(settings) else
+             "TRL's own path: both sequences, through the policy forward and backward and the reference")
     return [
         f"cost estimate for {model}, {settings.quantization}, one GPU, spot:",
         f"  pairs: {pairs}",
@@ -357,7 +383,7 @@ def describe(settings: Any, size: ModelSize, run: RunSize, tokens: tuple[int, in
         f"vision {_count(size.vision)}",
         f"  FLOPs a pair at p50: {_tflop(flops.total)} TFLOP = decoder {_tflop(flops.decoder)} (2 sequences x tokens "
         f"x N x (2 policy forward + 2 activation gradients{recompute} + 2 reference)) + attention "
-        f"{_tflop(flops.attention)} + vision {_tflop(flops.vision)}",
+        f"{_tflop(flops.attention)} + vision {_tflop(flops.vision)} ({tower})",
         *table(rows, run.pairs_trained is None),
         f"  {PRICES_SOURCE}; GPUs: {gpus_source}; training steps only (data preparation, evaluation and start-up "
         "not counted); on N GPUs about the same GPU hours in 1/N of the time",
@@ -383,7 +409,8 @@ def log_cost(settings: JobSettings, model_ref: ModelRef, processor: Any, report:
     patches = arch.vision_patches * plan.workload.tiles_per_image
     count, source = rows if rows else total_rows(settings.dataset, settings.dataset_split, report, sampled)
     run = run_size(count, source, report, settings)
-    at = [pair_flops(size, n, images, patches, checkpointing(settings)) for n in tokens]
+    at = [pair_flops(size, n, images, patches, checkpointing(settings), plan.workload.encode_images_once)
+          for n in tokens]
     names, gpus_source = offered_gpus()
     costs = gpu_costs(names, at[0].total, at[1].total, run.pairs_trained, model, settings.quantization, tokens,
                       plan.with_context, load_measurements())

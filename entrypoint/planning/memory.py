@@ -2,22 +2,32 @@
 
     peak = weights + LoRA and optimizer state + activations (+ the CUDA context)
 
-Every part is counted on the model's real architecture (built on the meta device, architecture.py)
-and follows what the code does to memory, line by line:
+Every part is counted on the model's real architecture (built on the meta device, architecture.py; the decoder
+layer's norms and the tower's outputs read off the same module tree and config, `layout`) and follows what the code
+does to memory, line by line:
 
 - weights: the quantized linear layers as nf4 with double quantization (4 bits, plus an 8-bit absmax
   per 64 weights, plus an fp32 per 256 absmax) or LLM.int8 (1 byte); every other parameter (vision
   tower, projector, embeddings, lm_head, norms) in fp32, because peft's
   prepare_model_for_kbit_training upcasts them; without quantization, all in the compute dtype.
-- LoRA and optimizer: TRL casts QLoRA adapters to bf16 (fp32 otherwise); the gradients and AdamW's
-  two moments take the same dtype. Modules trained in full (DPO_TRAIN_PROJECTOR) are a second copy of
-  their weights, kept in fp32 (training/trainer.py, keep_full_modules_in_fp32), with fp32 gradients and moments.
-- activations, for one micro-batch of T = 2 x batch x length tokens (DPO runs the chosen and the
-  rejected sequence of every pair together), the reference pass being freed before the policy's:
-  with gradient checkpointing each decoder layer keeps its input, and one layer at a time is
-  recomputed for its backward (its saved tensors plus the gradients in flight); without it, every
-  layer keeps its saved tensors. The LM head is TRL's fused one, over completion tokens only. The
-  frozen vision tower runs without grad: transient, its hidden states all kept for the feature layer.
+- LoRA and optimizer: every trained weight in fp32 (training/trainer.py, keep_trained_weights_in_fp32: bf16
+  rounds the recipes' updates away), with fp32 gradients and AdamW's two moments. Modules trained in full
+  (DPO_TRAIN_PROJECTOR) are a second copy of their weights, the same four fp32 copies.
+- activations (`activations`), for one micro-batch of T = 2 x batch x length tokens (DPO runs the chosen and the
+  rejected sequence of every pair together), in the dtypes a bf16 GPU run gives them. k-bit preparation leaves the
+  embeddings and norms in fp32 and bitsandbytes' Linear4bit returns its input's dtype, so the residual stream, the
+  norms' outputs and the MLP are fp32 (bf16 for an unquantized base, loaded in bf16: `stream_bytes`); autocast
+  runs the matmuls and attention in bf16. Saved for the backward
+  (tests/test_plan_activations.py counts them with autograd's saved-tensor hooks on every family's `shapes:` model):
+  with activation checkpointing each decoder layer keeps its fp32 input, and one layer at a time is recomputed for
+  its backward (its saved tensors); without it, every layer keeps its saved tensors; the attention mask and rotary
+  tables are shared by the layers; outside the layers, the final norm's input and the fused LM head's (over
+  completion tokens only). On top of what is saved, at different moments of the step: the gradients in flight
+  during a layer's backward; the fused LM head's tiles (TRL computes log-probabilities in vocabulary chunks, never
+  the full logits); the reference pass (the same model, adapter off, no grad), which TRL runs after the policy's
+  forward while everything the policy saved is held. With images encoded once (DPO_ENCODE_IMAGES_ONCE, the tower
+  frozen) the tower's output for the doubled batch stays cached for the whole step; on TRL's own path the tower
+  runs with grad (its layers checkpointed) and again for the reference.
 - the CUDA context and the allocator's slack: a fixed 1 GiB plus 5%.
 - DPO_MERGE=1, after training (its memory freed first): the base model dequantized to bf16, 2 bytes a
   parameter, merged in place (`merge_gib`).
@@ -35,7 +45,7 @@ from typing import Any
 
 from entrypoint.config.settings import JobSettings
 from entrypoint.errors import ConfigError
-from entrypoint.models.architecture import Architecture, load_config
+from entrypoint.models.architecture import Architecture, load_config, meta_model
 from entrypoint.models.architecture import describe as describe_architecture
 from entrypoint.models.image_tokens import (
     fewer_tokens_hint,
@@ -51,13 +61,20 @@ from entrypoint.models.published import full_config
 log = logging.getLogger("entrypoint")
 
 GIB = 2**30
-ACT = 2  # bytes per activation in bf16
+ACT = 2  # bytes per bf16 value: what autocast's matmuls and attention produce
 FP32 = 4
+MASK = 1  # a bool
+INDEX = 8  # an int64
 CONTEXT_GIB = 1.0  # CUDA context + cuBLAS workspace, outside torch's allocator
 SLACK = 0.05  # allocator fragmentation
 # What the cloud offers, by usable memory (GiB): the sky YAMLs' accelerators.
 GPUS = {"24 GB (L4, A10G)": 22.0, "40 GB (A100-40GB)": 39.4, "80 GB (A100-80GB, H100)": 79.1}
 _NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit weights, 8-bit absmax per 64, fp32 per 256 absmax
+# TRL's fused LM head (trl/kernels/chunked_logprob.py): TOKEN_CHUNK_SIZE tokens by _CHUNKED_LOGPROB_CHUNK_SIZE
+# (trl/trainer/utils.py) vocabulary entries a tile.
+_HEAD_TOKENS, _HEAD_VOCAB = 4096, 32768
+# The linear layers LoRA adapts in a Llama-style decoder layer (q, k, v, o, gate, up, down): `all-linear`.
+_LAYER_LINEARS = 7
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,63 @@ class Workload:
     tiles_per_image: int = 1  # crops the vision tower sees per image
     gradient_checkpointing: bool = True
     lora_dropout: float = 0.05
+    encode_images_once: bool = True  # DPO_ENCODE_IMAGES_ONCE with the tower frozen (not DPO_LORA_VISION)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the activations depend on beyond Architecture's widths, read off the model (`layout`). The defaults are
+    LLaVA(-NeXT)'s: a Mistral/Llama decoder layer and the CLIP ViT-L/14 tower with feature layer -2."""
+
+    head_dim: int = 128
+    # RMSNorms of a decoder layer after the one on its input, over the hidden width: each saves its own fp32 input
+    # (Llama's post-attention norm; Gemma 3 has three, around the attention output and the MLP).
+    hidden_norms: int = 1
+    head_norms: bool = False  # q_norm and k_norm (Qwen3, Gemma 3): each saves the fp32 queries or keys, every head
+    vision_state_bytes: int = FP32  # a tower hidden state's element: fp32 where an fp32 position table is added
+    vision_states: int = 2  # patch-sized states in the tower's output: the last, and the feature layer's if another
+    vision_layers: int = 24  # on TRL's path each keeps its fp32 input (checkpointed) for the tower's backward
+    vision_merged: float = 0.0  # bytes a patch of the tower's own merged outputs (Qwen-VL's merger and DeepStack)
+
+
+LLAVA = Layout()
+
+
+@dataclass(frozen=True)
+class Activations:
+    """One micro-batch's activation memory in bytes, by when it is alive (the module's docstring)."""
+
+    tokens: int
+    held: float  # from the policy's forward to the end of its backward: checkpointed layer inputs, masks, rotary
+    outside: float  # saved outside the decoder layers (final norm, LM head input): freed before the layers' backward
+    layer: float  # one decoder layer's saved tensors, recomputed for its backward (0 without checkpointing: held)
+    in_flight: float  # the gradients in flight during a layer's backward
+    head: float  # the fused LM head's tiles at the end of the policy's forward, and its input's gradient
+    reference: float  # the reference forward's (no grad) working set, on top of what the policy holds
+    weight_copies: float  # autocast's bf16 copies of the trained weights, cached during the policy's forward
+    vision_kept: float  # for the whole step: the tower's cached output (encode-once) or its saved inputs (TRL's path)
+    vision_working: float  # one tower layer's working set, while the tower runs (before the decoder does)
+    dequantized: float = 0.0  # the one 4-bit (or 8-bit) weight bitsandbytes dequantizes to bf16 for a matmul
+
+    @property
+    def saved(self) -> float:
+        """What autograd saves for the policy's backward, one recomputed layer included (the tested part)."""
+        return self.held + self.outside + self.layer
+
+    def moments(self) -> dict[str, float]:
+        """What comes on top of `held` at each of the decoder's three moments, by name."""
+        return {"the LM head, at the end of the policy's forward": self.outside + self.head + self.weight_copies,
+                "the reference pass": self.outside + self.reference,
+                "a layer's backward": self.layer + self.in_flight}
+
+    @property
+    def decoder(self) -> float:
+        """The decoder's peak: its highest moment, on top of what is held throughout."""
+        return self.held + self.dequantized + max(self.moments().values())
+
+    @property
+    def peak(self) -> float:
+        return self.vision_kept + max(self.vision_working, self.decoder)
 
 
 @dataclass(frozen=True)
@@ -81,12 +155,47 @@ class MemoryPlan:
     total: float  # peak allocated by torch
     with_context: float  # what the device must hold
     workload: Workload
+    parts: Activations  # the activations' parts, in bytes
+    layout: Layout = LLAVA  # what `reductions` plans the same model again with
 
     def fits(self, usable_gib: float) -> bool:
         return self.with_context <= usable_gib
 
     def fitting_gpus(self) -> list[str]:
         return [name for name, usable in GPUS.items() if self.fits(usable)]
+
+
+def layout(config: Any, family: Any) -> Layout:
+    """The model's Layout: the decoder layer's norms from its module tree (on the meta device), the tower's outputs
+    from its config, as transformers 5 builds them."""
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    layers = getattr(meta_model(config, family).get_decoder(), "layers", None)
+    # A decoder without a `layers` list (some remote-code causal LM): counted as a Llama layer
+    norms = [name for name, module in layers[0].named_modules() if type(module).__name__.endswith("Norm")] \
+        if layers else ["input_layernorm", "post_attention_layernorm"]
+    head_norms = any(name.endswith(("q_norm", "k_norm")) for name in norms)
+    # The norm on the layer's input saves that input, which checkpointing keeps anyway; every other one saves its own
+    hidden_norms = max(len([name for name in norms if not name.endswith(("q_norm", "k_norm"))]) - 1, 0)
+    vision = getattr(config, "vision_config", None)
+    if vision is None:
+        return Layout(head_dim, hidden_norms, head_norms, 0, 0, 0, 0.0)
+    tower_layers = getattr(vision, "depth", None) or vision.num_hidden_layers
+    merge = getattr(vision, "spatial_merge_size", None)
+    if merge:
+        # Qwen-VL: the patch embedding is a bf16 conv under autocast and Qwen3-VL's position table is cast to it
+        # (modeling_qwen3_vl.py: `pos_embeds.to(hidden_states.dtype)`), so the states are bf16. The output holds
+        # the last states, the merger's tokens (one a merge x merge patches, text-wide) and DeepStack's as many.
+        outputs = 1 + len(getattr(vision, "deepstack_visual_indexes", None) or ())
+        return Layout(head_dim, hidden_norms, head_norms, ACT, 1, tower_layers,
+                      outputs * vision.out_hidden_size * ACT / merge**2)
+    # CLIP and SigLIP add an fp32 position table to the bf16 patch embedding: fp32 states. transformers 5 keeps only
+    # the hidden states a model reads (utils/output_capturing.py, select_hidden_states): the feature layer's, beside
+    # the last (LLaVA's -2); Idefics2 and Gemma 3 read the last.
+    feature = getattr(config, "vision_feature_layer", -1)
+    selected = [feature] if isinstance(feature, int) else list(feature)
+    return Layout(head_dim, hidden_norms, head_norms, FP32, 1 + sum(1 for index in selected if index != -1),
+                  tower_layers)
 
 
 def _weights(arch: Architecture, quantization: str) -> float:
@@ -98,46 +207,114 @@ def _weights(arch: Architecture, quantization: str) -> float:
     return arch.params * ACT
 
 
-def _adapter_and_optimizer(arch: Architecture, quantization: str) -> float:
-    dtype = ACT if quantization != "none" else FP32
-    # weights, gradients, AdamW's exp_avg and exp_avg_sq
-    return arch.lora_params * dtype * 4 + arch.full_params * FP32 * 4
+def _adapter_and_optimizer(arch: Architecture) -> float:
+    # weights, gradients, AdamW's exp_avg and exp_avg_sq, all fp32
+    return (arch.lora_params + arch.full_params) * FP32 * 4
 
 
-def _layer_saved_per_token(arch: Architecture, dropout: bool) -> float:
-    """Bytes one decoder layer saves for its backward, per token (Llama/Mistral-style layer)."""
-    h, kv, inter = arch.hidden_size, arch.kv_size, arch.intermediate_size
-    norms = 2 * (2 * FP32 * h + ACT * h)  # RMSNorm: fp32 input and normalised copy, bf16 output; twice
-    attention = ACT * (h + 2 * kv) + ACT * (h + kv) + ACT * h  # q, k, v; rotated q, k; attention output
-    mlp = 4 * ACT * inter  # gate, up, silu(gate), their product (down_proj's input)
-    per_module = min(1.0, arch.lora_modules / (7 * arch.layers))  # share of the 7 linear layers adapted
-    lora = per_module * (6 * (ACT + 1) * h + (ACT + 1) * inter) if dropout else 0.0  # dropout outputs + masks
+def _adapted_share(arch: Architecture) -> float:
+    """The share of the decoder's linear layers LoRA adapts (1 for `all-linear`)."""
+    return min(1.0, arch.lora_modules / (_LAYER_LINEARS * arch.layers)) if arch.layers else 0.0
+
+
+def _lora_rank(arch: Architecture) -> float:
+    """LoRA's rank, from its parameter count: r x (in + out) a layer, summed over the seven linear layers."""
+    h, kv, inter, width = arch.hidden_size, arch.kv_size, arch.intermediate_size, arch.attention_width
+    widths = 7 * h + 2 * width + 2 * kv + 3 * inter
+    return arch.lora_params / (arch.layers * _adapted_share(arch) * widths) if arch.lora_modules else 0.0
+
+
+def stream_bytes(quantization: str) -> int:
+    """Bytes an element of the residual stream, the norms' outputs and the MLP: fp32 for a k-bit base (k-bit
+    preparation upcasts the embeddings and norms, and bitsandbytes' Linear4bit returns its input's dtype: `.to(
+    inp_dtype)` in nn/modules.py), bf16 otherwise (the model loads in bf16 and autocast's linear layers give bf16)."""
+    return ACT if quantization == "none" else FP32
+
+
+def layer_saved_per_token(arch: Architecture, shape: Layout, length: int, dropout: bool, stream: int = FP32) -> float:
+    """Bytes one decoder layer saves for its backward a token, its input left out (checkpointing keeps that)."""
+    h, kv, inter, width = arch.hidden_size, arch.kv_size, arch.intermediate_size, arch.attention_width
+    heads, kv_heads = width // shape.head_dim, kv // shape.head_dim
+    # Each RMSNorm computes in fp32 and saves its rsqrt (one fp32 a row) and its fp32 input: for the first, the
+    # layer input itself when the stream is fp32 (held already), a new fp32 copy when it is bf16. q_norm and
+    # k_norm work per head, on every query and key.
+    norms = FP32 * (1 + shape.hidden_norms) + FP32 * h * (shape.hidden_norms + (stream != FP32))
+    if shape.head_norms:
+        norms += FP32 * (width + kv) + FP32 * (heads + kv_heads)
+    # SDPA's inputs cast to bf16 by autocast: q, and k, v repeated to every query head (transformers repeats them
+    # whenever a mask is passed, integrations/sdpa_attention.py use_gqa_in_sdpa; DPO pads, so there is one); its
+    # output and fp32 log-sum-exp; the bool mask made a bf16 bias, length values a row (ATen's
+    # convert_boolean_attn_mask). Rotated q and k are not saved: RoPE's multiplications save cos and sin only.
+    attention = ACT * 4 * width + FP32 * heads + ACT * length
+    # gate's and up's outputs and act(gate), saved by the activation and the product
+    mlp = stream * 3 * inter
+    # Per adapted layer: its input width in = h for q, k, v, gate, up; the attention width for o; inter for down.
+    inputs = 5 * h + width + inter
+    if dropout:  # the fused dropout's bool mask (CUDA's native_dropout) and its output as lora_A's bf16 input
+        lora = (MASK + ACT) * inputs
+    elif stream == FP32:  # lora_A's bf16 copy of its fp32 input; o_proj's input is SDPA's bf16 output, saved already
+        lora = ACT * (inputs - width)
+    else:  # the bf16 inputs themselves: the two norms' outputs (q, k, v share one, gate and up the other), down's
+        lora = ACT * (2 * h + inter)
+    lora = _adapted_share(arch) * (lora + ACT * _lora_rank(arch) * _LAYER_LINEARS)  # + lora_A's outputs, r wide
     return norms + attention + mlp + lora
 
 
-def _activations(arch: Architecture, work: Workload) -> float:
+def activations(arch: Architecture, work: Workload, shape: Layout = LLAVA, quantization: str = "4bit") -> Activations:
+    """The activations' parts in bytes (module docstring), in the dtypes of a bf16 GPU run."""
+    h, inter = arch.hidden_size, arch.intermediate_size
+    stream = stream_bytes(quantization)
     tokens = 2 * work.batch * work.length
-    layer = _layer_saved_per_token(arch, work.lora_dropout > 0)
-    in_flight = ACT * (2 * arch.intermediate_size + 2 * arch.hidden_size)  # gradients during a layer's backward
-    if work.gradient_checkpointing:
-        decoder = tokens * (arch.layers * ACT * arch.hidden_size + layer + in_flight)
-    else:
-        decoder = tokens * (arch.layers * layer + in_flight)
-    decoder += tokens * 4 * ACT * arch.hidden_size  # embeddings, merged image features, final norm
-    completion = 2 * work.batch * work.answer_tokens
-    lm_head = completion * arch.vocab_size * FP32 * 3  # fused head: a logits tile, its softmax and gradient
-    images = 2 * work.batch * work.images_per_pair * work.tiles_per_image
-    # fp32: the tower is upcast with the rest of the unquantized modules; 8: one layer's working set
-    vision = images * arch.vision_patches * arch.vision_hidden_size * FP32 * (arch.vision_states_kept + 8)
-    return max(decoder + lm_head, vision)
+    layer = tokens * layer_saved_per_token(arch, shape, work.length, work.lora_dropout > 0, stream)
+    # Shared by every layer: the bool attention mask (length values a row) and RoPE's cos and sin, in the embeddings'
+    # dtype (per sequence for Qwen's 3-D positions; one table for the batch where positions are shared: an upper
+    # bound then).
+    shared = tokens * (MASK * work.length + 2 * stream * shape.head_dim)
+    # Every layer's input (the first's: the embeddings, images merged): checkpointing keeps it; without, the first
+    # norm saves it when it is fp32, and only its own fp32 copy of a bf16 one (in `layer`)
+    kept_inputs = work.gradient_checkpointing or stream == FP32
+    inputs = tokens * arch.layers * stream * h if kept_inputs else 0.0
+    held = shared + inputs + (0.0 if work.gradient_checkpointing else arch.layers * layer)
+    # The LM head scores completion tokens only (TRL's fused head keeps the positions with a label).
+    scored = 2 * work.batch * min(work.answer_tokens, work.length)
+    # The final norm's fp32 input and rsqrt; the masks (labels, image tokens); the head's input (a copy of the
+    # scored positions), their int64 targets and fp32 log-normaliser and entropy.
+    outside = tokens * (FP32 * h + FP32 + 3 * MASK) + scored * (stream * h + INDEX + 2 * FP32)
+    # A layer's backward: the gradient of its output (kept for the residual) and of its input, and the MLP's
+    # product's, act's and up's, each in the dtype of the tensor it is the gradient of.
+    in_flight = tokens * stream * (2 * h + 3 * inter)
+    # TRL's fused head: a bf16 tile of up to 4096 tokens by 32,768 vocabulary entries, the weight chunk and the
+    # hidden chunk cast to bf16 (chunked_logprob.py forward and backward); its backward's fp32 gradient of the
+    # scored positions and of the whole last hidden state.
+    chunk, vocab = min(scored, _HEAD_TOKENS), min(arch.vocab_size, _HEAD_VOCAB)
+    head = ACT * (chunk * vocab + vocab * h + chunk * h) + FP32 * h * scored + stream * h * tokens
+    # The reference pass, no grad: a layer's working set (the residual and norm output, gate, up, act) at a time
+    reference = tokens * stream * (2 * h + 3 * inter)
+    weight_copies = ACT * (arch.lora_params + arch.full_params)
+    images = work.batch * work.images_per_pair * work.tiles_per_image  # each image once, not chosen and rejected
+    patches = images * arch.vision_patches
+    state = min(shape.vision_state_bytes, stream)  # a bf16 model's position tables are bf16 too
+    if work.encode_images_once:  # the tower's output for the doubled batch, cached until the next step
+        kept = 2 * patches * (shape.vision_states * state * arch.vision_hidden_size + shape.vision_merged)
+        working = patches
+    else:  # TRL's path: the doubled batch, with grad (its layers' inputs checkpointed), again for the reference
+        kept = 2 * patches * (shape.vision_layers + 1) * state * arch.vision_hidden_size
+        working = 2 * patches
+    # One tower layer's working set while it runs, about 8 fp32 states wide (not measured on the CPU: bench-gpu)
+    vision_working = working * 8 * FP32 * arch.vision_hidden_size
+    # bitsandbytes dequantizes a quantized weight to bf16 for each matmul, forward and backward, one at a time (the
+    # MLP's are the largest)
+    dequantized = ACT * h * inter if quantization != "none" else 0.0
+    return Activations(tokens, held, outside, layer if work.gradient_checkpointing else 0.0, in_flight, head,
+                       reference, weight_copies, kept, vision_working, dequantized)
 
 
-def plan_memory(arch: Architecture, quantization: str, work: Workload) -> MemoryPlan:
+def plan_memory(arch: Architecture, quantization: str, work: Workload, shape: Layout = LLAVA) -> MemoryPlan:
     weights = _weights(arch, quantization) / GIB
-    adapter = _adapter_and_optimizer(arch, quantization) / GIB
-    activations = _activations(arch, work) / GIB
-    total = (weights + adapter + activations) * (1 + SLACK)
-    return MemoryPlan(weights, adapter, activations, total, total + CONTEXT_GIB, work)
+    adapter = _adapter_and_optimizer(arch) / GIB
+    parts = activations(arch, work, shape, quantization)
+    total = (weights + adapter + parts.peak / GIB) * (1 + SLACK)
+    return MemoryPlan(weights, adapter, parts.peak / GIB, total, total + CONTEXT_GIB, work, parts, shape)
 
 
 def merge_gib(arch: Architecture) -> float:
@@ -150,14 +327,14 @@ def reductions(arch: Architecture, quantization: str, plan: MemoryPlan, settings
     """Settings that bring the plan down, each with the plan it gives (where it can be computed here)."""
     work, out = plan.workload, []
     if work.batch > 1:
-        smaller = plan_memory(arch, quantization, replace(work, batch=1))
+        smaller = plan_memory(arch, quantization, replace(work, batch=1), plan.layout)
         out.append(f"DPO_PER_DEVICE_TRAIN_BATCH_SIZE=1 with DPO_GRADIENT_ACCUMULATION_STEPS="
                    f"{settings.gradient_accumulation_steps * work.batch} ({smaller.with_context:.1f} GiB)")
     if not work.gradient_checkpointing:
-        checkpointed = plan_memory(arch, quantization, replace(work, gradient_checkpointing=True))
+        checkpointed = plan_memory(arch, quantization, replace(work, gradient_checkpointing=True), plan.layout)
         out.append(f"DPO_GRADIENT_CHECKPOINTING=true ({checkpointed.with_context:.1f} GiB)")
     if quantization != "4bit":
-        quantized = plan_memory(arch, "4bit", work)
+        quantized = plan_memory(arch, "4bit", work, plan.layout)
         out.append(f"DPO_QUANTIZATION=4bit ({quantized.with_context:.1f} GiB)")
     if fewer_image_tokens:
         out.append(f"fewer tokens an image: {fewer_image_tokens}")
@@ -182,6 +359,12 @@ def describe(plan: MemoryPlan, arch: Architecture, quantization: str, p95: Memor
         f"  weights {plan.weights:.1f} GiB + LoRA and optimizer {plan.adapter_and_optimizer:.2f} GiB + activations "
         f"{plan.activations:.1f} GiB = {plan.total:.1f} GiB peak ({plan.with_context:.1f} GiB with the CUDA context)",
     ]
+    parts = plan.parts
+    moment, top = max(parts.moments().items(), key=lambda item: item[1])
+    images = "the tower's output, cached" if work.encode_images_once else "the tower's saved inputs"
+    lines.append(f"  activations: {parts.held / GIB:.1f} GiB held to the backward (each layer's input, the attention "
+                 f"mask, RoPE) + {(top + parts.dequantized) / GIB:.1f} GiB at the peak, {moment}"
+                 f"{f' + {parts.vision_kept / GIB:.2f} GiB of images ({images})' if parts.vision_kept else ''}")
     if p95 is not None:
         lines.append(f"  at the p95 pair ({p95.workload.length} tokens): {p95.with_context:.1f} GiB")
     lines.append(f"  fits: {', '.join(fits) if fits else 'none of ' + ', '.join(GPUS)}")
@@ -201,6 +384,12 @@ def checkpointing(settings: Any) -> bool:
     DPO_GRADIENT_CHECKPOINTING, the older name (training/trainer.py's dpo_config)."""
     chosen = getattr(settings, "activation_checkpointing", None)
     return bool(settings.gradient_checkpointing if chosen is None else chosen)
+
+
+def images_encoded_once(settings: Any) -> bool:
+    """Whether each image goes through the tower once a step (models/encode_once.py): DPO_ENCODE_IMAGES_ONCE, and
+    only while the tower is frozen (DPO_LORA_VISION trains it: policy and reference features differ)."""
+    return bool(settings.encode_images_once and not settings.lora_vision)
 
 
 def run_config(model: Any, processor: Any, published: bool = False) -> Any:
@@ -233,9 +422,12 @@ def plan_for_run(settings: Any, model: Any, processor: Any, tokens: dict[str, An
     work = Workload(batch=settings.per_device_train_batch_size, length=longest, answer_tokens=answer,
                     images_per_pair=math.ceil(per_pair) if vision else 0,
                     tiles_per_image=tiles_per_image(model.family, processor) if vision else 0,
-                    gradient_checkpointing=checkpointing(settings), lora_dropout=settings.lora_dropout)
+                    gradient_checkpointing=checkpointing(settings), lora_dropout=settings.lora_dropout,
+                    encode_images_once=images_encoded_once(settings) if vision else False)
     at_p95 = replace(work, length=min(pair["p95"], longest))
-    return arch, plan_memory(arch, settings.quantization, work), plan_memory(arch, settings.quantization, at_p95)
+    shape = layout(config, model.family)
+    return (arch, plan_memory(arch, settings.quantization, work, shape),
+            plan_memory(arch, settings.quantization, at_p95, shape))
 
 
 def device_memory_gib() -> float | None:

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from entrypoint.config.settings import JobSettings
-from entrypoint.evaluation.comparison import number
+from entrypoint.evaluation.comparison import YES_NO_ROWS, number
 from entrypoint.models.loading import ModelRef
 from entrypoint.run.record import card_subset
 
@@ -38,10 +38,40 @@ def _metrics_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| metric | base | tuned | pairs or questions |", "|---|---|---|---|"]
     lines += [f"| {row['metric']} | {number(row['base'])} | {number(row['tuned'])} | {row['count'] or ''} |"
               for row in rows]
-    notes = dict.fromkeys(f"{row['metric']}: {row['note']}" for row in rows if row["note"] and
-                          not row["metric"].startswith("DPO"))
+    notes: dict[str, list[str]] = {}  # a note once, after every metric it explains
+    for row in rows:
+        if row["note"] and not row["metric"].startswith("DPO"):
+            notes.setdefault(row["note"], []).append(row["metric"])
     step0 = next((row["note"] for row in rows if row["metric"].startswith("DPO")), None)
-    return [*lines, "", *(f"- {note}" for note in notes), *([f"- DPO rows, {step0}"] if step0 else [])]
+    return [*lines, "", *(f"- {', '.join(metrics)}: {note}" for note, metrics in notes.items()),
+            *([f"- DPO rows, {step0}"] if step0 else [])]
+
+
+def _yes_no_table(yes_no: dict[str, Any]) -> list[str]:
+    """metrics.json's "yes_no": POPE's figures base -> tuned, overall and by category."""
+    if not yes_no:
+        return []
+    header = " | ".join(label.removeprefix("yes/no").strip(" :") for label in YES_NO_ROWS.values())
+    lines = ["### Yes/no questions", "",
+             f"{yes_no['questions']} questions, each answered by the more probable of the model's yes and no tokens "
+             "after the prompt (one forward pass a question, no sampling); yes is the positive class. Base -> tuned:",
+             "", f"| category | questions | {header} |", "|---|---|" + "---|" * len(YES_NO_ROWS)]
+    for name, part in [("all", yes_no), *yes_no.get("categories", {}).items()]:
+        cells = " | ".join(f"{number(part['base'][key])} -> {number(part['tuned'][key])}" for key in YES_NO_ROWS)
+        lines.append(f"| {name} | {part['questions']} | {cells} |")
+    return [*lines, ""]
+
+
+def _evaluated_on(report: dict[str, Any]) -> str:
+    eval_set = report.get("eval_set")
+    if eval_set:
+        return (f"the eval set `{eval_set.get('source')}` ({report.get('eval_pairs')} pairs, format "
+                f"`{eval_set.get('format')}`); the training data was not split")
+    split = report.get("split")
+    if split:
+        return (f"{split['eval']['pairs']} held-out pairs of the training data, split by image and prompt "
+                f"({split['shared']['images']} images and {split['shared']['prompts']} prompts also in training)")
+    return "the held-out pairs"
 
 
 def _data_section(report: dict[str, Any]) -> list[str]:
@@ -54,6 +84,12 @@ def _data_section(report: dict[str, Any]) -> list[str]:
         lines += ["Rows dropped:", "", *(f"- {count}: {reason}" for reason, count in dropped.items()), ""]
     else:
         lines += ["No rows were dropped.", ""]
+    if eval_set := report.get("eval_set"):
+        dropped = eval_set.get("dropped") or {}
+        lines += [f"Eval set `{eval_set.get('source')}` (format `{eval_set.get('format')}`): "
+                  f"{eval_set.get('rows_used')} of {eval_set.get('rows_read')} rows used, {eval_set.get('pairs')} "
+                  "pairs" + (f"; dropped: {', '.join(f'{n} {reason}' for reason, n in dropped.items())}." if dropped
+                             else "."), ""]
     tokens = report.get("tokens")
     if tokens:
         pair, image = tokens["pair_tokens"], tokens["image_tokens_per_image"]
@@ -90,10 +126,11 @@ def render(settings: JobSettings, model: ModelRef, report: dict[str, Any], metri
         f"`{report.get('format')}`), {metrics['train']['global_step']} steps.", "",
         "## Settings", "", "| setting | value |", "|---|---|",
         *(f"| `{name}` | `{values[name]}` |" for name in _CARD_SETTINGS if name in values), "",
-        "## Evaluation (held-out pairs)", "",
-        "Base = the base model (this adapter switched off); tuned = with this adapter. The full report, with the "
-        "curves and sample answers side by side: [report.html](report.html).", "",
+        "## Evaluation", "",
+        f"On {_evaluated_on(report)}. Base = the base model (this adapter switched off); tuned = with this adapter. "
+        "The full report, with the curves and sample answers side by side: [report.html](report.html).", "",
         *_metrics_table(metrics.get("comparison") or []), "",
+        *_yes_no_table(metrics.get("yes_no") or {}),
         *_data_section(report),
         *_plots_section(plots),
         *_how_to_load(settings, model, loader, processor, extra),

@@ -25,13 +25,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from entrypoint.machine import driver_version
 from entrypoint.remote import hub
 from entrypoint.remote.refs import is_hub_model
 from entrypoint.run.outputs import CONFIG, sha256_file
 
 log = logging.getLogger("entrypoint.provenance")  # the name the log has always shown
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # a checkout, or /app in the image (Dockerfile)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # entrypoint/
+PROJECT_ROOT = PACKAGE_DIR.parent  # a checkout; site-packages where the package is installed (the image)
 LOCK = "requirements.lock"
 # Import name -> distribution name: the packages whose versions decide what a run computes.
 PACKAGES = {"torch": "torch", "transformers": "transformers", "trl": "trl", "peft": "peft", "datasets": "datasets",
@@ -169,7 +171,19 @@ def _image_bytes(image: Any) -> bytes:
 
 def dataset_record(ref: str, split: str, revision: str | None, cache_dir: Path, data: Any) -> dict[str, Any]:
     """The data as given (DPO_DATASET, DPO_DATASET_SPLIT, DPO_DATASET_REVISION), what it was (a Hub commit, local
-    files' sha256, s3 objects' ETags), and fingerprints of the prepared train and eval pairs."""
+    files' sha256, s3 objects' ETags), and fingerprints of the prepared train and eval pairs (the eval pairs are
+    DPO_EVAL_DATASET's when it is set)."""
+    out = source_record(ref, split, revision, cache_dir)
+    started = time.perf_counter()
+    out["train"], out["eval"] = pairs_fingerprint(data.train), pairs_fingerprint(data.eval)
+    log.info("fingerprinted %d prepared pairs in %.2f s (manifest.json's provenance)",
+             len(data.train) + len(data.eval or ()), time.perf_counter() - started)
+    return out
+
+
+def source_record(ref: str, split: str, revision: str | None, cache_dir: Path) -> dict[str, Any]:
+    """A dataset as given (reference, split, revision) and what it was: a Hub commit, local files' sha256, or s3
+    objects' ETags."""
     from entrypoint.data.sources import local_path
 
     out: dict[str, Any] = {"id": ref, "split": split, "revision": revision}
@@ -181,10 +195,6 @@ def dataset_record(ref: str, split: str, revision: str | None, cache_dir: Path, 
             out["commit"] = hub_commit("dataset", ref, revision)
         else:
             out["files"] = source_files(local, split)
-    started = time.perf_counter()
-    out["train"], out["eval"] = pairs_fingerprint(data.train), pairs_fingerprint(data.eval)
-    log.info("fingerprinted %d prepared pairs in %.2f s (manifest.json's provenance)",
-             len(data.train) + len(data.eval or ()), time.perf_counter() - started)
     return out
 
 
@@ -219,11 +229,12 @@ def project_version(root: Path = PROJECT_ROOT) -> str | None:
 
 
 def lock_file(root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """requirements.lock's sha256: the image installs from it and keeps it beside the code (/app, Dockerfile)."""
-    lock = root / LOCK
-    if lock.is_file():
-        return {"path": LOCK, "sha256": sha256_file(lock)}
-    return {"path": LOCK, "sha256": None, "reason": f"no {LOCK} beside the code in {root}"}
+    """requirements.lock's sha256: a checkout's, beside the code; in an installed package (the image), the copy the
+    image puts inside the package (Dockerfile), PROJECT_ROOT being site-packages there."""
+    for lock in (root / LOCK, PACKAGE_DIR / LOCK):
+        if lock.is_file():
+            return {"path": LOCK, "sha256": sha256_file(lock)}
+    return {"path": LOCK, "sha256": None, "reason": f"no {LOCK} beside the code in {root} or in {PACKAGE_DIR}"}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -252,18 +263,6 @@ def code_record(code_revision: str | None = None) -> dict[str, Any]:
             "requirements_lock": lock_file(), "python": platform.python_version(), "packages": package_versions()}
 
 
-def driver_version() -> str | None:
-    """The NVIDIA driver's version, from nvidia-smi (torch does not report it); None without one."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.splitlines()[0].strip() if out.strip() else None
-
-
 def environment_record(world_size: int, image_digest: str | None = None) -> dict[str, Any]:
     import torch
 
@@ -282,6 +281,9 @@ def run_record(settings: Any, model: Any, data: Any, cache_dir: Path, world_size
         "model": model_record(settings.model, settings.model_revision, model),
         "dataset": dataset_record(settings.dataset, settings.dataset_split, settings.dataset_revision,
                                       cache_dir, data),
+        **({"eval_dataset": source_record(settings.eval_dataset, settings.eval_dataset_split,
+                                          settings.eval_dataset_revision, cache_dir)}
+           if getattr(settings, "eval_dataset", None) else {}),
         "code": code_record(settings.code_revision),
         "environment": environment_record(world_size, settings.image_digest),
         "settings": {"seed": settings.seed, "config": CONFIG, "dpo_config": f"{CONFIG}: dpo_config"},
@@ -299,6 +301,10 @@ def card_subset(record: dict[str, Any]) -> dict[str, Any]:
     out["train_pairs_sha256"] = data["train"]["sha256"]
     if data.get("eval"):
         out["eval_pairs_sha256"] = data["eval"]["sha256"]
+    if record.get("eval_dataset"):
+        out["eval_dataset"] = record["eval_dataset"]["id"]
+        if record["eval_dataset"].get("commit"):
+            out["eval_dataset_revision"] = record["eval_dataset"]["commit"]
     out["code_version"] = code["version"]
     out["code_commit"] = code["commit"]
     if record["environment"].get("image_digest"):

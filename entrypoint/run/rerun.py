@@ -37,13 +37,14 @@ log = logging.getLogger("entrypoint.rerun")
 # folders, and facts about the recorded run's environment rather than its recipe.
 NOT_REAPPLIED = {"output_dir", "checkpoint_dir", "run_name", "cache_dir", "resume", "s3_uri", "hub_repo",
                  "hub_private", "overwrite", "report_to", "log_format", "preset", "allow_drift", "image_digest",
-                 "code_revision"}
+                 "code_revision", "allow_cpu"}
 NOT_SHOWN = {"preset", "allow_drift", "image_digest", "code_revision"}  # preset: its values are compared one by one
 # What the prepared pairs depend on (data/stage.py's prepare_pairs, and the processor the model brings): when one of
 # these differs from the record, different pairs are expected. A setting missing here errs on the safe side: exit 2.
 PAIR_SETTINGS = ("model", "model_family", "model_revision", "dataset", "dataset_format", "dataset_columns",
                  "dataset_split", "dataset_revision", "image_dir", "max_samples", "eval_fraction", "max_eval_pairs",
-                 "max_image_tiles", "image_max_pixels", "max_length", "seed")
+                 "max_image_tiles", "image_max_pixels", "max_length", "seed", "eval_dataset", "eval_dataset_format",
+                 "eval_dataset_columns", "eval_dataset_split", "eval_dataset_revision")
 RERUN_SUFFIX = "-rerun"
 FIX = "restore it, or set DPO_ALLOW_DRIFT=1 to run on what there is now"
 
@@ -161,13 +162,14 @@ def apply(recorded: Recorded, pins: dict[str, str], environ: MutableMapping[str,
 
 
 def pin_revisions(recorded: Recorded, environ: MutableMapping[str, str]) -> dict[str, str]:
-    """DPO_MODEL_REVISION / DPO_DATASET_REVISION: the commits the recorded run loaded from the Hub, unless the
-    environment sets a revision. A recorded commit the Hub no longer has is a ConfigError (DPO_ALLOW_DRIFT=1: a
-    warning, and the recorded revision as it was asked for)."""
+    """DPO_MODEL_REVISION / DPO_DATASET_REVISION / DPO_EVAL_DATASET_REVISION: the commits the recorded run loaded
+    from the Hub, unless the environment sets a revision. A recorded commit the Hub no longer has is a ConfigError
+    (DPO_ALLOW_DRIFT=1: a warning, and the recorded revision as it was asked for)."""
     given = {key.upper(): value for key, value in environ.items()}
     record = recorded.run_record
     pins = {}
-    for setting, kind in (("model_revision", "model"), ("dataset_revision", "dataset")):
+    for setting, kind in (("model_revision", "model"), ("dataset_revision", "dataset"),
+                          ("eval_dataset_revision", "eval_dataset")):
         commit = (record.get(kind) or {}).get("commit")
         if commit and given.get(env_name(setting)) == commit:  # pinned already (entrypoint.launch did, for its workers)
             pins[setting] = commit
@@ -312,6 +314,9 @@ def drift(recorded: Recorded, record: dict[str, Any], settings: JobSettings) -> 
         problems += _model_drift(was["model"], record["model"])
     if same("dataset") and same("dataset_split") and same("dataset_revision"):
         problems += _source_drift(was["dataset"], record["dataset"])
+        if was.get("eval_dataset") and record.get("eval_dataset") and same("eval_dataset") and \
+                same("eval_dataset_split") and same("eval_dataset_revision"):
+            problems += _source_drift(was["eval_dataset"], record["eval_dataset"])
         pairs = _pairs_drift(was["dataset"], record["dataset"])
         reshaped = _pair_setting_changes(recorded, settings)
         if reshaped and pairs:

@@ -15,6 +15,7 @@ from typing import Any
 from entrypoint.config.names import env_name
 from entrypoint.config.settings import JobSettings, public_dict
 from entrypoint.errors import ConfigError
+from entrypoint.run.failed import FAILED
 from entrypoint.run.outputs import write_json
 
 STATE = "state.json"
@@ -29,7 +30,7 @@ _NOT_TRAINING = {
     "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
     "per_device_eval_batch_size", "eval_strategy", "eval_steps", "eval_delay", "project",
     "trackio_space_id", "log_level", "log_level_replica", "log_on_each_node", "resume_from_checkpoint",
-    "memory_check", "max_drop_fraction", "image_dir", "bad_rows", "max_bad_fraction",
+    "memory_check", "allow_cpu", "max_drop_fraction", "image_dir", "bad_rows", "max_bad_fraction",
     "merge",  # what is written after training (merged/), not what is trained
     "preset",  # the recipe's name; the values it sets are compared one by one
     "allow_drift", "image_digest", "code_revision",  # provenance (--from-run), not what is trained
@@ -41,9 +42,10 @@ def training_settings(settings: JobSettings) -> dict[str, Any]:
     return {k: v for k, v in public_dict(settings).items() if k not in _NOT_TRAINING}
 
 
-# What the job writes in a checkpoint directory: checkpoints, state.json (and write_json's temporary copies),
-# the prepared data (and its temporary copy).
-_OWN = re.compile(rf"^(checkpoint-\d+|{re.escape(STATE)}|{re.escape(PREPARED)})(\.tmp)?$|^\.{re.escape(STATE)}\.\w+$")
+# What the job writes in a checkpoint directory: checkpoints, state.json and failed.json (and write_json's temporary
+# copies), the prepared data (and its temporary copy).
+_OWN = re.compile(rf"^(checkpoint-\d+|{re.escape(STATE)}|{re.escape(FAILED)}|{re.escape(PREPARED)})(\.tmp)?$"
+                  rf"|^\.({re.escape(STATE)}|{re.escape(FAILED)})\.\w+$")
 
 
 def remove_own_files(root: Path) -> list[str]:

@@ -72,30 +72,28 @@ def check_vision_args(args: DPOConfig, family: Family) -> None:
         raise ConfigError("DPO_PAD_TO_MULTIPLE_OF: TRL's vision collator cannot pad to a multiple; unset it")
 
 
-class ResumableDPOTrainer(DPOTrainer):
-    """DPOTrainer whose resume restores the adapter exactly as it was trained, and that writes no model card.
+class JobDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer as the job runs it: every trained weight kept in fp32 (`keep_trained_weights_in_fp32`), the
+    shape of the batch it works on (`batch_shape`, for an out-of-memory message), and no model card of TRL's."""
 
-    For QLoRA, TRL keeps the LoRA weights in bf16, but on resume transformers reloads them
-    with PEFT's `load_adapter`, which upcasts them to fp32: training would go on in another
-    precision and drift from an uninterrupted run. Each trainable weight gets its dtype back.
-    """
+    batch_shape: tuple[int, ...] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        keep_trained_weights_in_fp32(self.model)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self.batch_shape = tuple(inputs["input_ids"].shape)  # (sequences, tokens): named if the GPU runs out
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """Writes nothing. TRL writes its model card beside the checkpoints at every save, reading the tracker's
         run URL (wandb warns at each save of an offline run that it has none); the job's own card goes into
         adapter/ (results/card.py), and nothing reads TRL's."""
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        target = model if model is not None else self.model
-        dtypes = {name: p.dtype for name, p in target.named_parameters() if p.requires_grad}
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        for name, param in target.named_parameters():
-            if name in dtypes and param.dtype != dtypes[name]:
-                param.data = param.data.to(dtypes[name])
-
 
 def build_trainer(settings: JobSettings, model: Any, family: Family, processor: Any, train_dataset: Any,
-                  eval_dataset: Any, args: DPOConfig, callbacks: list[Any] | None = None) -> ResumableDPOTrainer:
+                  eval_dataset: Any, args: DPOConfig, callbacks: list[Any] | None = None) -> JobDPOTrainer:
     """The trainer on the loaded model: k-bit preparation for a quantized base, LoRA (and the modules trained in
     full), images encoded once a step unless DPO_ENCODE_IMAGES_ONCE=false."""
     from peft import prepare_model_for_kbit_training
@@ -105,26 +103,28 @@ def build_trainer(settings: JobSettings, model: Any, family: Family, processor: 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=args.gradient_checkpointing,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False})
-    trainer = ResumableDPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
-                                  eval_dataset=eval_dataset, processing_class=processor,
-                                  peft_config=place_modules_to_save(model, lora_config(settings, family)),
-                                  callbacks=callbacks)
-    keep_full_modules_in_fp32(trainer.model)
+    trainer = JobDPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
+                            eval_dataset=eval_dataset, processing_class=processor,
+                            peft_config=place_modules_to_save(model, lora_config(settings, family)),
+                            callbacks=callbacks)
     if family.vision and settings.encode_images_once:
         encode_images_once(trainer, family)
     return trainer
 
 
-def keep_full_modules_in_fp32(model: Any) -> None:
-    """Modules trained in full (DPO_TRAIN_PROJECTOR) keep fp32 weights, as mixed precision's master weights do.
+def keep_trained_weights_in_fp32(model: Any) -> None:
+    """Every trained weight in fp32: LoRA's matrices and the modules trained in full (DPO_TRAIN_PROJECTOR), as mixed
+    precision keeps its master weights. Under autocast (bf16 on a GPU) the matmuls still run in bf16.
 
-    For a quantized base TRL casts every trainable parameter to bf16 (QLoRA's recipe for the LoRA matrices).
-    A fully trained layer in bf16 loses its updates (an AdamW step, about the learning rate: 5e-6 by default, on
-    a weight of ~0.02 is under bf16's resolution, 2^-8 relative) and, without autocast (fp32 compute on a CPU),
-    cannot even take the fp32 features of the vision tower, which k-bit preparation upcast. Under autocast
-    (bf16 on a GPU) the matmuls still run in bf16."""
+    For a quantized base TRL casts every trainable parameter to bf16, after the QLoRA paper's recipe. bf16 keeps 8
+    significant bits: near |x| = 1e-2 (lora_A at init: PEFT's kaiming bound 1/sqrt(hidden), 0.016 for a 4096-wide
+    7B) its spacing is 2^-14 = 6.1e-5, and an update under half of that, 3.1e-5, rounds away. AdamW moves a
+    weight by about the learning rate, 5e-6 in every recipe here: most of lora_A never changed, and lora_B, which
+    starts at 0, stalled where the spacing passes 1e-5 (|x| ~ 1e-3). In fp32 (24 bits) the spacing at 1e-2 is 9e-10.
+    Without autocast (fp32 compute on a CPU) a bf16 weight could not even take the fp32 features of the vision
+    tower, which k-bit preparation upcast."""
     import torch
 
-    for name, param in model.named_parameters():
-        if param.requires_grad and ".modules_to_save." in name and param.dtype != torch.float32:
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.to(torch.float32)
