@@ -85,16 +85,16 @@ def run(settings: JobSettings, dry_run: bool = False, recorded: Recorded | None 
 # ---- check: nothing is loaded yet
 
 def check(settings: JobSettings, paths: RunPaths) -> ModelRef:
-    """Checks that need no model weights: the GPUs, the folders the run writes, the model, the data, where results
-    go."""
-    for warning in check_gpus(settings.allow_cpu):
-        log.warning(warning)
+    """Checks that need no model weights: the folders the run writes, the model, the data, where results go, then
+    the GPUs (last: asking torch about them imports it, seconds a typo in a path need not wait for)."""
     check_writable(paths)
     model_ref = resolve_model(settings.model, settings.model_family, settings.model_revision, paths.cache_dir)
-    if threads := use_cpu_threads(model_width(model_ref)):
-        log.info(threads)
     check_sources(settings)  # DPO_DATASET, DPO_EVAL_DATASET, DPO_IMAGE_DIR
     check_destinations(settings, paths)
+    for warning in check_gpus(settings.allow_cpu):
+        log.warning(warning)
+    if threads := use_cpu_threads(model_width(model_ref)):
+        log.info(threads)
     return model_ref
 
 
