@@ -85,12 +85,13 @@ def _yes_margin(model: Any, inputs: Any, tokens: AnswerTokens) -> Any:
 
 
 def yes_margins(model: Any, processor: Any, pairs: Any, batch_size: int,
-                autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, list[float]]:
+                autocast: Callable[[], Any] = contextlib.nullcontext,
+                tokens: AnswerTokens | None = None) -> dict[str, list[float]]:
     """{"base": [...], "tuned": [...]}: log P(yes) - log P(no) for each pair's prompt, adapter off and on (each batch
-    prepared once for both)."""
+    prepared once for both); `tokens`: the processor's answer tokens, when the caller has them."""
     import torch
 
-    tokens = answer_tokens(getattr(processor, "tokenizer", processor))
+    tokens = tokens or answer_tokens(getattr(processor, "tokenizer", processor))
     margins: dict[str, list[float]] = {"base": [], "tuned": []}
     was_training = model.training
     model.eval()
@@ -150,5 +151,6 @@ def evaluate_yes_no(model: Any, processor: Any, pairs: Any, references: Sequence
                     autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
     """The yes/no questions scored, base and tuned (rank 0: one process, the whole set)."""
     categories = pairs["category"] if "category" in pairs.column_names else [""] * len(pairs)
-    margins = yes_margins(model, processor, pairs, batch_size, autocast)
-    return yes_no_report(references, categories, margins, answer_tokens(getattr(processor, "tokenizer", processor)))
+    tokens = answer_tokens(getattr(processor, "tokenizer", processor))
+    margins = yes_margins(model, processor, pairs, batch_size, autocast, tokens)
+    return yes_no_report(references, categories, margins, tokens)

@@ -283,7 +283,7 @@ def run_record(settings: Any, model: Any, data: Any, cache_dir: Path, world_size
                                       cache_dir, data),
         **({"eval_dataset": source_record(settings.eval_dataset, settings.eval_dataset_split,
                                           settings.eval_dataset_revision, cache_dir)}
-           if getattr(settings, "eval_dataset", None) else {}),
+           if settings.eval_dataset else {}),
         "code": code_record(settings.code_revision),
         "environment": environment_record(world_size, settings.image_digest),
         "settings": {"seed": settings.seed, "config": CONFIG, "dpo_config": f"{CONFIG}: dpo_config"},
