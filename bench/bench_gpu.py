@@ -22,7 +22,8 @@ On a GPU it also checks what no CPU test can reach, each a line PASS or FAIL (ex
 - the trained adapter is fp32 (training/trainer.py, keep_trained_weights_in_fp32);
 - the measured peak is within 15% of the memory plan at 1 tile and at full anyres;
 - out of memory (torch's allocator capped a little above the weights) is exit 3 with the job's message;
-- encoding each image once a step gives TRL's loss and gradients on CUDA, in bf16 (shapes:llava-next).
+- encoding each image once a step gives TRL's loss and gradients on CUDA, in bf16 (shapes:llava-next);
+- the job under accelerate's FSDP on one GPU (tiny:llava-next) trains, evaluates and writes a full fp32 adapter.
 All of it, model build included, fits in one prepared command of under 8 minutes on one H100/H200.
 """
 
@@ -203,6 +204,31 @@ def check_encode_once(cache: Path) -> tuple[bool, str]:
     return ok, f"loss {plain:.5f} vs {once_loss:.5f} once; gradient cosine {cosine:.6f}"
 
 
+def check_fsdp_one_gpu(cache: Path) -> tuple[bool, str]:
+    """The job under accelerate's FSDP (entrypoint/accelerate_configs/fsdp_qlora.yaml, which refuses CPUs) on one GPU:
+    tiny:llava-next in 4-bit with bf16 storage, sharded checkpoints, greedy answers under FSDP, and the adapter
+    gathered from the full state dict: every LoRA weight there, in fp32, lora_B moved off its zeros."""
+    from safetensors.torch import load_file
+
+    from entrypoint.launch import ACCELERATE, ACCELERATE_CONFIGS, CONFIG_DIR
+
+    output = Path(tempfile.mkdtemp(prefix="bench-gpu-fsdp-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DPO_MODEL": "tiny:llava-next", "DPO_DATASET": "sample:rlaif-v",
+           "DPO_DISTRIBUTED": "fsdp", "DPO_MAX_SAMPLES": "24", "DPO_MAX_STEPS": "4", "DPO_SAVE_STEPS": "2",
+           "DPO_LEARNING_RATE": "1e-3", "DPO_EVAL_GENERATIONS": "1", "DPO_OUTPUT_DIR": str(output),
+           "DPO_CACHE_DIR": str(cache)}
+    command = [sys.executable, "-m", ACCELERATE, "--config_file", str(CONFIG_DIR / ACCELERATE_CONFIGS["fsdp"]),
+               "--num_processes", "1", "-m", "entrypoint"]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        return False, f"exit {result.returncode}: {result.stderr[-300:]}"
+    tensors = load_file(output / "adapter" / "adapter_model.safetensors")
+    dtypes = sorted({str(t.dtype) for t in tensors.values()})
+    moved = sum(1 for name, t in tensors.items() if "lora_B" in name and t.abs().sum() > 0)
+    ok = bool(tensors) and dtypes == ["torch.float32"] and moved > 0 and (output / "manifest.json").is_file()
+    return ok, f"{len(tensors)} adapter tensors ({', '.join(dtypes)}), {moved} lora_B moved, manifest written"
+
+
 def main() -> int:
     import torch
 
@@ -245,7 +271,8 @@ def main() -> int:
         rows["1 tile"]["adapter"])), ("peak within 15% of the plan", lambda: check_plan(rows)),
         ("out of memory: exit 3", lambda: check_out_of_memory(model, args, cache,
                                                               rows["1 tile"]["memory"]["plan"]["weights_gib"])),
-        ("encode-once on CUDA", lambda: check_encode_once(cache))]
+        ("encode-once on CUDA", lambda: check_encode_once(cache)), ("FSDP-QLoRA on one GPU",
+                                                                     lambda: check_fsdp_one_gpu(cache))]
     failed = 0
     print("| check | result | detail |\n|---|---|---|")
     for name, check in checks:

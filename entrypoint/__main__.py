@@ -1,5 +1,6 @@
 """`python -m entrypoint`: read the settings, run the job, turn what a user can act on into its exit code (2: a bad
-setting or input, 3: out of GPU memory, 75: preempted; errors.py)."""
+setting or input, 3: out of GPU memory, 75: preempted, 76: a restart on a GPU too small, to recover elsewhere;
+errors.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from entrypoint.errors import (
     EXIT_OK,
     EXIT_OUT_OF_MEMORY,
     EXIT_PREEMPTED,
+    EXIT_RECOVER_ELSEWHERE,
     ConfigError,
     OutOfMemory,
     Preempted,
+    RecoverElsewhere,
 )
 
 
@@ -74,6 +77,9 @@ def main(argv: list[str]) -> int:
     except Preempted as exc:
         print(f"preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except RecoverElsewhere as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RECOVER_ELSEWHERE
     except Exception:  # a bug: its traceback goes through the log handler, so secrets are masked there too
         logging.getLogger("entrypoint").exception("the job failed with an unexpected error")
         return EXIT_BUG

@@ -4,10 +4,11 @@ Everything a user can get wrong is checked before the model is loaded, so a bad 
 seconds, not GPU hours. Restartable: stages recorded in `state.json` beside the checkpoints are not
 repeated, and training resumes from the newest complete checkpoint.
 
-Ranks (one process is rank 0 of 1): every rank prepares, trains and evaluates; only rank 0 writes the
-run directory, reports to wandb and publishes. Where rank 0 writes what the others then read (state.json
-wiped by DPO_RESUME=never, the prepared pairs, the checkpoint to resume from), it goes first
-(`ranks.main_process_first()`).
+Ranks (one process is rank 0 of 1): every rank trains and evaluates; only rank 0 writes the run directory,
+reports to wandb and publishes. Where the others need what rank 0 wrote (the prepared pairs, the checkpoint to
+resume from, whether the results are complete), rank 0 decides from its own view and tells them, and they wait
+until their copy of the checkpoint dir shows it (run/peers.py: on a bucket mount another node sees it late).
+While they train and evaluate together, a rank that stops answering ends the others within a minute.
 
 The two stages that need TRL (training arguments, training) import it where they run, after the
 settings were checked; every other stage module imports its heavy libraries inside its functions.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from entrypoint.config.settings import JobSettings, public_dict
+from entrypoint.data.formats import FORMATS
 from entrypoint.data.prepare import PreparedData
 from entrypoint.data.stage import check_sources, eval_has_answers, log_data_report, prepare_pairs
-from entrypoint.errors import ConfigError, Preempted
+from entrypoint.errors import ConfigError, DoesNotFit, Preempted, RecoverElsewhere
 from entrypoint.evaluation.comparison import comparison_lines
 from entrypoint.evaluation.evaluate import evaluate_trained, reward_metrics, with_step0
 from entrypoint.machine import check_gpus, use_cpu_threads
@@ -35,11 +38,11 @@ from entrypoint.models.families import Family
 from entrypoint.models.image_tokens import model_overrides
 from entrypoint.models.loading import ModelRef, load_model, load_processor, model_width, resolve_model
 from entrypoint.planning.cost import log_cost
-from entrypoint.planning.memory import as_dict, check_memory, peak_allocated_gib
+from entrypoint.planning.memory import MemoryPlan, as_dict, check_memory, peak_allocated_gib
 from entrypoint.planning.schedule import eval_schedule, log_eval_cost
 from entrypoint.publish.destinations import check_destinations, destinations, publish_run, unpublished
 from entrypoint.results.write import write_results
-from entrypoint.run import checkpoints, outputs
+from entrypoint.run import checkpoints, outputs, peers
 from entrypoint.run.paths import RunPaths, check_writable, run_paths
 from entrypoint.run.prepared import prepared_data
 from entrypoint.run.record import run_record
@@ -71,11 +74,12 @@ def run(settings: JobSettings, dry_run: bool = False, recorded: Recorded | None 
         plan_from_a_sample(settings, paths, model_ref, args)
         log.info("dry run: settings, model, data and memory plan are fine")
         return None
-    metrics = finished_metrics(settings, paths, state)
-    if metrics is None:
+    metrics = finished_metrics(settings, paths, state) if ranks.is_main_process else None
+    if not peers.from_rank_0(metrics is not None):  # rank 0's view decides: another node's copy may lag
         if ranks.is_main_process:
             paths.manifest.unlink(missing_ok=True)  # whatever is there now is not a complete run
-        metrics = train_and_evaluate(settings, paths, model_ref, args, state, ranks, recorded)
+        with peers.watched(settings.peer_timeout_s):
+            metrics = train_and_evaluate(settings, paths, model_ref, args, state, ranks, recorded)
         state.mark("results")
     if not ranks.is_main_process:
         return None
@@ -150,8 +154,11 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: ModelR
     the other ranks)."""
     processor = load_processor(model_ref, settings.max_image_tiles, settings.image_max_pixels)
     data, record = prepare_data(settings, paths, model_ref, processor, args, state, ranks, recorded)
-    plan = check_memory(settings, model_ref, processor, data.report)
-    training = train(settings, paths, model_ref, processor, data, args, ranks, record)
+    plan = fitting_plan(settings, model_ref, processor, data.report, state)
+    if settings.rounds:
+        training = train_in_rounds(settings, paths, model_ref, processor, data, args, ranks, state)
+    else:
+        training = train(settings, paths, model_ref, processor, data, args, ranks, record)
     with explained(training.trainer, settings, model_ref, processor, data.report):
         evaluated = evaluate_trained(training.trainer, processor, data.eval, before=training.before,
                                      generations=settings.eval_generations, run_dir=paths.output_dir,
@@ -159,7 +166,7 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: ModelR
                                      is_main=ranks.is_main_process)
     if not ranks.is_main_process:
         return {}
-    metrics = {"train": training.summary(),
+    metrics = {"train": training.summary(), **({"rounds": training.rounds} if training.rounds else {}),
                "memory": {"plan": as_dict(plan), "peak_allocated_gib": peak_allocated_gib()},
                "eval_before": training.before, **evaluated,
                "history": with_step0(training.before, training.trainer.state.log_history)}
@@ -176,13 +183,26 @@ def prepare_data(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, pr
                  ) -> tuple[PreparedData, dict[str, Any]]:
     """The pairs (rank 0 prepares and keeps them for restarts), logged, and the run record; with `--from-run`,
     the recorded base model and data or exit 2 (DPO_ALLOW_DRIFT=1: a warning)."""
-    with ranks.main_process_first():  # rank 0 prepares and saves; the others then load what it saved
-        data = prepared_data(settings, paths.cache_dir, state, processor, model_ref.family, args.max_length)
+    data = prepared_data(settings, paths.cache_dir, state, processor, model_ref.family, args.max_length)
     log_data_report(data.report)
     record = run_record(settings, model_ref, data, paths.cache_dir, ranks.num_processes)  # manifest's provenance
     if recorded:
         check_drift(recorded, record, settings)
     return data, record
+
+
+def fitting_plan(settings: JobSettings, model_ref: ModelRef, processor: Any, report: dict[str, Any],
+                 state: RunState) -> MemoryPlan:
+    """The memory plan, checked against this GPU. A first attempt that does not fit is a setting to change (exit 2);
+    a managed job's restart that does not fit landed on a smaller GPU of the YAML's set than its first attempt
+    had: exit 76, which the YAMLs recover on (onto another machine), instead of 2, which would end the run."""
+    try:
+        return check_memory(settings, model_ref, processor, report)
+    except DoesNotFit as exc:
+        if state.earlier and os.environ.get("SKYPILOT_TASK_ID"):
+            raise RecoverElsewhere(f"{exc}; an earlier attempt of this managed job trained on another GPU, so "
+                                   "SkyPilot is asked to recover it elsewhere") from None
+        raise
 
 
 @dataclass
@@ -194,6 +214,7 @@ class Training:
     result: Any  # transformers' TrainOutput
     resumed_from: Path | None
     seconds: float
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # DPO_ROUNDS: metrics.json's "rounds"
 
     def summary(self) -> dict[str, Any]:
         """metrics.json's "train"."""
@@ -212,7 +233,7 @@ def train(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, processor
     from entrypoint.training.trainer import build_trainer
 
     set_seed(settings.seed)
-    resume_from = checkpoint_to_resume(paths, ranks)
+    resume_from = checkpoints.agreed_resume_point(paths.checkpoint_dir, ranks.is_main_process)
     saving = CheckpointCallback(paths.checkpoint_dir, settings.save_total_limit, resume_from)
     callbacks = [saving, ProgressLogCallback()]
     if settings.report_to == "wandb":
@@ -237,16 +258,29 @@ def train(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, processor
         seconds = time.perf_counter() - started
     if saving.preempted:
         raise Preempted(f"stopped at step {result.global_step} by SIGTERM; checkpoint saved in {paths.checkpoint_dir}")
-    trainer.save_model(str(paths.adapter_dir))  # every rank: sharded strategies gather the weights
+    trainer.save_adapter(paths.adapter_dir)  # every rank: sharded strategies gather the weights; rank 0 checks
     return Training(trainer, before, result, resume_from, seconds)
 
 
-def checkpoint_to_resume(paths: RunPaths, ranks: PartialState) -> Path | None:
-    """The newest complete checkpoint (None: start from step 0); rank 0 first removes half-written ones."""
-    with ranks.main_process_first():
-        if ranks.is_main_process:
-            checkpoints.remove_incomplete(paths.checkpoint_dir)
-        return checkpoints.latest_complete(paths.checkpoint_dir)
+def train_in_rounds(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, processor: Any, data: PreparedData,
+                    args: DPOConfig, ranks: PartialState, state: RunState) -> Training:
+    """DPO_ROUNDS: the on-policy rounds (onpolicy/rounds.py), each round's checkpoints under its own folder; the last
+    round's adapter is the run's. Preempted (exit 75) when SIGTERM stopped a round's training after saving."""
+    from entrypoint.onpolicy.rounds import run_rounds
+    from entrypoint.training.callbacks import CheckpointCallback, ProgressLogCallback
+
+    if not FORMATS[data.report["format"]].ground_truth:  # found before the model is loaded
+        holding = ", ".join(name for name, fmt in FORMATS.items() if fmt.ground_truth)
+        raise ConfigError(f"DPO_ROUNDS={settings.rounds} with DPO_JUDGE=ground-truth needs a dataset format that holds "
+                          f"each prompt's right answer ({holding}); DPO_DATASET is {data.report['format']}")
+
+    def callbacks_for(root: Path, resumed_from: Path | None) -> list[Any]:
+        return [CheckpointCallback(root, settings.save_total_limit, resumed_from), ProgressLogCallback()]
+
+    outcome = run_rounds(settings, paths.checkpoint_dir, model_ref, model_ref.family, processor, data, args, state,
+                         ranks.is_main_process, ranks.process_index, ranks.num_processes, callbacks_for)
+    outcome.trainer.save_adapter(paths.adapter_dir)
+    return Training(outcome.trainer, {}, outcome.result, outcome.resumed_from, outcome.seconds, outcome.rounds)
 
 
 def start_collecting_garbage() -> None:

@@ -1,31 +1,36 @@
 """Start the job on every GPU of every node: `python -m entrypoint.launch` (the image's entrypoint; what sky/*.yaml
 run).
 
-One process per GPU. DDP (the default) goes through torchrun; DeepSpeed ZeRO-2 and FSDP through
-`accelerate launch` with the ready configs in entrypoint/accelerate_configs/ (DPO_DISTRIBUTED picks).
+One process per GPU. DDP (the default) goes through torchrun; FSDP through `accelerate launch` with the ready
+config in entrypoint/accelerate_configs/ (DPO_DISTRIBUTED picks).
 Nodes and GPUs come from SkyPilot's variables (SKYPILOT_NODE_IPS, SKYPILOT_NODE_RANK,
 SKYPILOT_NUM_NODES, SKYPILOT_NUM_GPUS_PER_NODE); elsewhere (`docker run --gpus all`) it is one node
 with every visible GPU. With one process in all (one GPU, or none), the job runs directly; so does `--help`.
 
 Exit codes reach SkyPilot as the job's own: torchrun reports any failed worker as 1, so the launcher
 runs it in this process and passes the workers' code on (2: bad setting or input; 3: out of GPU memory; 75:
-stopped by SIGTERM after saving, recovered). On SIGTERM (a spot notice) the workers get it too and have
-SHUTDOWN_TIMEOUT_S to finish the step and save before they are killed (torchrun's default is 30 s).
+stopped by SIGTERM after saving, recovered; 76: a restart on a GPU too small for the run, recovered elsewhere).
+On SIGTERM (a spot notice) the workers get it too and have SHUTDOWN_TIMEOUT_S to finish the step and save before
+they are killed (torchrun's default is 30 s).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from entrypoint.errors import EXIT_CONFIG, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED, ConfigError
+from entrypoint.errors import EXIT_CONFIG, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED, EXIT_RECOVER_ELSEWHERE, ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "accelerate_configs"
-ACCELERATE_CONFIGS = {"deepspeed-zero2": "deepspeed_zero2.yaml", "fsdp": "fsdp_qlora.yaml"}
+ACCELERATE_CONFIGS = {"fsdp": "fsdp_qlora.yaml"}
+# Strategies DPO_DISTRIBUTED still accepts, to refuse them with why and what to use instead.
+REMOVED_STRATEGIES = {
+    "deepspeed-zero2": "DeepSpeed ZeRO-2 was removed (it needed the `deepspeed` package, which requirements.lock and "
+                       "the image do not have); use DPO_DISTRIBUTED=fsdp (4-bit weights, gradients and optimizer "
+                       "state sharded, QLoRA-compatible) or ddp (the default)"}
 TORCHRUN = "torch.distributed.run"
 ACCELERATE = "accelerate.commands.launch"
 PORT = "29500"
@@ -38,24 +43,24 @@ def launch_command(environ: dict[str, str], distributed: str, job_args: list[str
     rank = environ.get("SKYPILOT_NODE_RANK") or "0"
     gpus = int(environ.get("SKYPILOT_NUM_GPUS_PER_NODE") or "1")
     main_ip = (environ.get("SKYPILOT_NODE_IPS") or "127.0.0.1").split()[0]
+    port = environ.get("MASTER_PORT") or PORT  # torch's own variable; SkyPilot sets none
     job = ["-m", "entrypoint", *(job_args or [])]
     if nodes * gpus == 1:
         return [sys.executable, *job]
     if distributed == "ddp":
         where = ["--standalone"] if nodes == 1 else [  # standalone: a free port, several jobs on one host
-            f"--nnodes={nodes}", f"--node_rank={rank}", f"--master_addr={main_ip}", f"--master_port={PORT}"]
+            f"--nnodes={nodes}", f"--node_rank={rank}", f"--master_addr={main_ip}", f"--master_port={port}"]
         return [sys.executable, "-m", TORCHRUN, *where, f"--nproc_per_node={gpus}", *job]
     return [sys.executable, "-m", ACCELERATE,
             "--config_file", str(CONFIG_DIR / ACCELERATE_CONFIGS[distributed]),
             "--num_machines", str(nodes), "--machine_rank", rank, "--num_processes", str(nodes * gpus),
-            "--main_process_ip", main_ip, "--main_process_port", PORT, *job]
+            "--main_process_ip", main_ip, "--main_process_port", port, *job]
 
 
 def check_strategy(distributed: str) -> None:
-    """A strategy whose package is missing fails here, in a second, not after the model is downloaded."""
-    if distributed == "deepspeed-zero2" and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("DPO_DISTRIBUTED=deepspeed-zero2 needs the `deepspeed` package, which is not in "
-                          "requirements.lock: add it to requirements.in, run `make lock`, rebuild; or use ddp/fsdp")
+    """A removed strategy fails here, at start-up, in a second, not after the model is downloaded."""
+    if distributed in REMOVED_STRATEGIES:
+        raise ConfigError(f"DPO_DISTRIBUTED={distributed}: {REMOVED_STRATEGIES[distributed]}")
 
 
 def exit_code(worker_codes: Iterable[int]) -> int:
@@ -68,7 +73,8 @@ def exit_code(worker_codes: Iterable[int]) -> int:
     codes = {EXIT_PREEMPTED if code == -signal.SIGTERM else code for code in worker_codes}
     if len(codes) > 1:
         codes.discard(EXIT_PREEMPTED)
-    return codes.pop() if len(codes) == 1 and codes <= {EXIT_CONFIG, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED} else 1
+    known = {EXIT_CONFIG, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED, EXIT_RECOVER_ELSEWHERE}
+    return codes.pop() if len(codes) == 1 and codes <= known else 1
 
 
 def run_workers(command: list[str]) -> int:

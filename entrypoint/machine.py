@@ -161,5 +161,8 @@ def use_cpu_threads(width: int, environ: Mapping[str, str] = os.environ) -> str 
     if threads is None:
         return None
     torch.set_num_threads(threads)
+    # and for the OpenMP runtimes not loaded yet, bitsandbytes' CPU kernels among them: with two processes on two
+    # cores (two nodes on loopback), their default of a thread a core made each step 7x slower (1.3 s against 0.19)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     return (f"CPU: {threads} thread for a {width}-wide model (OMP_NUM_THREADS unset; set it to choose; "
             f"torch's default here: {os.cpu_count()})")

@@ -7,7 +7,6 @@ launcher uses torchrun for DDP, which really starts two.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -79,12 +78,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_75(tmp_path, cache_dir):
     assert len(markers) == 1 and not (output / "manifest.json").exists()
 
 
-def test_a_strategy_without_its_package_is_a_config_error(tmp_path):
-    if importlib.util.find_spec("deepspeed"):
-        pytest.skip("deepspeed is installed here: the launcher would start ZeRO-2")
+def test_a_removed_strategy_is_a_config_error(tmp_path):
+    """DPO_DISTRIBUTED=deepspeed-zero2 still parses, so the launcher can say it was removed and what to use."""
     env = {**job_env(tmp_path, tmp_path / "run", distributed="deepspeed-zero2"), **TWO_PROCESSES}
     result = subprocess.run(LAUNCH, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == EXIT_CONFIG and "deepspeed" in result.stderr
+    assert result.returncode == EXIT_CONFIG, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: DPO_DISTRIBUTED=deepspeed-zero2: DeepSpeed ZeRO-2 was removed")
+    assert "DPO_DISTRIBUTED=fsdp" in error and "ddp" in error and "Traceback" not in result.stderr
 
 
 def test_one_process_runs_the_job_itself(tmp_path, cache_dir):
@@ -104,6 +105,7 @@ def test_launch_command_per_strategy():
     assert ddp[1:3] == ["-m", "torch.distributed.run"] and ddp[-2:] == ["-m", "entrypoint"]
     assert {"--nnodes=2", "--node_rank=1", "--nproc_per_node=8", "--master_addr=10.0.0.1"} <= set(ddp)
     assert "--standalone" in launch_command({"SKYPILOT_NUM_GPUS_PER_NODE": "8"}, "ddp")
+    assert set(ACCELERATE_CONFIGS) == {"fsdp"}  # deepspeed-zero2 was removed
     for strategy, config in ACCELERATE_CONFIGS.items():
         command = launch_command(env, strategy)
         option = dict(zip(command, command[1:], strict=False))
@@ -128,9 +130,8 @@ def test_accelerate_configs_load(name):
 
     config = ClusterConfig.from_yaml_file(str(CONFIG_DIR / name))  # rejects unknown keys
     assert yaml.safe_load((CONFIG_DIR / name).read_text())["mixed_precision"] == "bf16"
-    assert config.distributed_type.value in ("MULTI_GPU", "FSDP", "DEEPSPEED")
-    if config.distributed_type.value == "DEEPSPEED":  # across nodes through torch, not pdsh + ssh
-        assert config.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
+    assert config.distributed_type.value in ("MULTI_GPU", "FSDP")
+    assert name in {"ddp.yaml", *ACCELERATE_CONFIGS.values()}  # no config left for a removed strategy
 
 
 @pytest.mark.parametrize("family", ["llava-next", "llava", "idefics2", "causal-lm"])

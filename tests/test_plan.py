@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import ROOT
 from entrypoint.config.settings import load_settings
 from entrypoint.errors import ConfigError
 from entrypoint.models.architecture import describe, load_config
@@ -197,3 +198,62 @@ def test_the_plan_counts_checkpointing_as_the_trainer_resolves_it(monkeypatch, t
         monkeypatch.setenv(key, value)
     settings = load_settings()
     assert checkpointing(settings) is expected is dpo_config(settings, tmp_path, "run").gradient_checkpointing
+
+
+@pytest.mark.parametrize("yaml_file", sorted(p.name for p in (ROOT / "sky").glob("*.yaml")))
+def test_every_gpu_a_sky_yaml_may_recover_onto_fits_its_settings(yaml_file, tmp_path, cache_dir, monkeypatch):
+    """Managed-job recovery may land on any GPU of the YAML's set: each must hold the plan of the YAML's own settings
+    at the published model's size, at DPO_MAX_LENGTH (no data measured: the longest pair the settings allow)."""
+    import yaml
+
+    from entrypoint.models.loading import ModelRef, load_processor
+    from entrypoint.models.published import PUBLISHED
+    from entrypoint.models.shapes import build_shapes
+    from entrypoint.planning.cost import GPUS
+    from entrypoint.planning.memory import plan_for_run
+
+    task = yaml.safe_load((ROOT / "sky" / yaml_file).read_text())
+    envs = {k: str(v) for k, v in task["envs"].items() if k.startswith("DPO_") and v not in (None, "")}
+    family = next(name for name, published in PUBLISHED.items() if published.repo == envs["DPO_MODEL"])
+    model_dir = tmp_path / family  # the published config.json beside the published processor files
+    shutil.copytree(build_shapes(family, cache_dir / "shapes" / family), model_dir)
+    (model_dir / "config.json").write_text(full_config(family).to_json_string())
+    for key, value in {**envs, "DPO_MODEL": str(model_dir)}.items():
+        monkeypatch.setenv(key, value)
+    settings, model = load_settings(), ModelRef(str(model_dir), FAMILIES[family])
+    processor = load_processor(model, settings.max_image_tiles, settings.image_max_pixels)
+    _, plan, _ = plan_for_run(settings, model, processor, None)
+    gpus = [name.split(":")[0] for name in task["resources"]["accelerators"]]
+    assert {gpu: plan.fits(GPUS[gpu].usable_gib) for gpu in gpus} == dict.fromkeys(gpus, True), plan.with_context
+
+
+def test_a_restart_on_a_gpu_too_small_asks_for_recovery_elsewhere(full_size_model_dir, monkeypatch, tmp_path):
+    """The first attempt's refusal is a setting to change (exit 2); a managed job's restart (state.json there, the
+    same SKYPILOT_TASK_ID) landed on a smaller GPU of the set: exit 76, which the YAMLs recover on."""
+    import entrypoint.planning.memory
+    from entrypoint.__main__ import main
+    from entrypoint.errors import EXIT_RECOVER_ELSEWHERE, DoesNotFit, RecoverElsewhere
+    from entrypoint.job import fitting_plan
+    from entrypoint.models.loading import ModelRef, load_processor
+    from entrypoint.run.state import RunState
+
+    model = ModelRef(str(full_size_model_dir), FAMILIES["llava-next"])
+    monkeypatch.setattr(entrypoint.planning.memory, "device_memory_gib", lambda: 12.0)
+    monkeypatch.setenv("SKYPILOT_TASK_ID", "sky-managed-2026-12-02-1")
+    settings = load_settings()
+    first = RunState.open(tmp_path, settings)
+    with pytest.raises(DoesNotFit, match="this one has 12.0 GiB"):
+        fitting_plan(settings, model, load_processor(model), {}, first)
+    first.mark("prepared")
+    with pytest.raises(RecoverElsewhere, match="recover it elsewhere"):
+        fitting_plan(settings, model, load_processor(model), {}, RunState.open(tmp_path, settings))
+    monkeypatch.delenv("SKYPILOT_TASK_ID")  # not a managed job: the settings are what to change
+    with pytest.raises(DoesNotFit):
+        fitting_plan(settings, model, load_processor(model), {}, RunState.open(tmp_path, settings))
+
+    def recover_elsewhere(*args, **kwargs):
+        raise RecoverElsewhere("the memory plan needs 25 GiB")
+
+    monkeypatch.setattr("entrypoint.job.run", recover_elsewhere)
+    monkeypatch.setenv("DPO_OUTPUT_DIR", str(tmp_path / "run"))
+    assert main([]) == EXIT_RECOVER_ELSEWHERE == 76  # what the YAMLs' recover_on_exit_codes name

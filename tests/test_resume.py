@@ -177,3 +177,20 @@ def test_settings_that_do_not_shape_training_are_real_settings():
     from entrypoint.run.state import _NOT_TRAINING
 
     assert _NOT_TRAINING <= set(Settings.model_fields)  # a renamed field would silently count as training
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(tmp_path, monkeypatch):
+    """state.json written by a version without DPO_ROUNDS: resuming with it at its default (0) is the same training;
+    set to something else, it is a changed setting."""
+    from conftest import settings_from
+    from entrypoint.errors import ConfigError
+    from entrypoint.run.state import STATE, RunState
+
+    settings = settings_from(monkeypatch, DPO_MODEL="tiny:llava-next", DPO_DATASET="sample:rlaif-v")
+    RunState.open(tmp_path, settings).mark("prepared")
+    state = json.loads((tmp_path / STATE).read_text())
+    del state["settings"]["rounds"], state["settings"]["samples_per_prompt"]  # an older job's state.json
+    (tmp_path / STATE).write_text(json.dumps(state))
+    assert RunState.open(tmp_path, settings).done("prepared")
+    with pytest.raises(ConfigError, match="DPO_ROUNDS: None -> 2"):
+        RunState.open(tmp_path, settings_from(monkeypatch, DPO_ROUNDS="2"))

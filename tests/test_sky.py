@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT
-from entrypoint.errors import EXIT_CONFIG, EXIT_PREEMPTED
+from entrypoint.errors import EXIT_CONFIG, EXIT_PREEMPTED, EXIT_RECOVER_ELSEWHERE
 
 SKY_PYTHON = ROOT / ".venv-sky" / "bin" / "python"
 YAMLS = sorted((ROOT / "sky").glob("*.yaml"))
@@ -84,8 +84,8 @@ def test_the_project_checks_the_loader_lacks(path, loaded, monkeypatch):
         gpus.update(resources["accelerators"])
         recovery = resources["job_recovery"]
         assert set(recovery) <= JOB_RECOVERY_KEYS and recovery["max_restarts_on_errors"] == 3  # the README's promise
-        assert recovery["recover_on_exit_codes"] == [EXIT_PREEMPTED] and EXIT_CONFIG not in recovery[
-            "recover_on_exit_codes"]
+        assert recovery["recover_on_exit_codes"] == [EXIT_PREEMPTED, EXIT_RECOVER_ELSEWHERE] and EXIT_CONFIG not in \
+            recovery["recover_on_exit_codes"]
     assert set(gpus) <= KNOWN_GPUS and {"A100", "A100-80GB", "H100"} <= set(gpus)
     assert set(task["secrets"]) == SECRETS and not SECRETS & set(task["envs"])
     assert task["mounts"] == {"/runs": ["my-dpo-runs", "MOUNT_CACHED"]}

@@ -133,6 +133,25 @@ class JobSettings(BaseSettings):
     encode_images_once: bool = Field(True, description=(
         "Process and encode each image once a step, shared by the chosen and rejected answers and the reference "
         "model (TRL does it four times), while the vision tower is frozen; false: TRL's own path."))
+    # --- on-policy rounds (README, On-policy rounds)
+    rounds: int = Field(0, ge=0, description=(
+        "On-policy rounds (RLAIF-V's loop): each samples answers to every training prompt from the current policy, "
+        "judges them, pairs them and trains a DPO round on those pairs, continuing the adapter. 0: DPO on the "
+        "dataset's own pairs."))
+    samples_per_prompt: int = Field(4, ge=2, description="Answers sampled a prompt in each round (DPO_ROUNDS).")
+    sample_temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rounds' answers.")
+    sample_max_new_tokens: int = Field(64, ge=1, description=(
+        "Longest sampled answer in tokens (rounds), and of the held-out prompts' greedy answers the rounds score."))
+    pairs_per_prompt: int = Field(2, ge=1, description=(
+        "Most pairs a prompt gives in a round: best against worst, then inwards; equal scores never pair."))
+    mix_dataset_pairs: bool = Field(False, description=(
+        "Train each round on the dataset's own pairs too, beside the round's sampled ones (a policy that cannot "
+        "answer yet learns first from them)."))
+    sampler: Literal["transformers"] = Field("transformers", description=(
+        "Who samples the rounds' answers: `transformers`, the job's own model (in-process `generate`)."))
+    judge: Literal["ground-truth"] = Field("ground-truth", description=(
+        "Who scores the rounds' answers: `ground-truth`, the row's own right answer (a format that holds one, e.g. "
+        "vqa-rad): yes/no by exact match, token F1 otherwise."))
     # --- run and outputs
     output_dir: Path | None = Field(None, description=(
         "Run directory: adapter/, metrics.json, config.json, manifest.json. Default: outputs/<run name>."))
@@ -163,7 +182,8 @@ class JobSettings(BaseSettings):
     overwrite: bool = Field(False, description=(
         "Replace a different run already published under DPO_S3_URI (otherwise refused with exit 2)."))
     distributed: Literal["ddp", "deepspeed-zero2", "fsdp"] = Field("ddp", description=(
-        "Multi-GPU strategy when several processes run: DDP, DeepSpeed ZeRO-2, or FSDP (QLoRA-compatible)."))
+        "Multi-GPU strategy when several processes run: DDP, or FSDP (QLoRA-compatible: 4-bit weights sharded). "
+        "`deepspeed-zero2` was removed (its package was never in the image): it stops the launcher with exit 2."))
     log_format: Literal["text", "json"] = Field("text", description=(
         "Log lines as text, or one JSON object per line (for log collectors)."))
     report_to: Literal["none", "wandb"] = Field("none", description=(
@@ -174,6 +194,9 @@ class JobSettings(BaseSettings):
         "one needed."))
     memory_check: bool = Field(True, description=(
         "On a GPU, refuse to start (exit 2) when the memory plan says the run does not fit; `false` starts anyway."))
+    peer_timeout_s: float = Field(30.0, gt=0, description=(
+        "Several processes: a rank that has not answered for this long (its node was lost, or hangs) ends the "
+        "others with exit 1, instead of their waiting for the collective's 30-minute timeout."))
     eval_generations: int = Field(2, ge=0, description=(
         "Eval prompts whose greedy answers, base and tuned, are shown side by side (report.html, metrics.json, "
         "wandb). With a format that holds the right answer (vqa-rad) every open question is answered too, for task "

@@ -61,25 +61,48 @@ def task_accuracy(references: list[str], answers: dict[str, list[str]]) -> dict[
 
 # ---- greedy answers, base and tuned
 
-def _generate(model: Any, processor: Any, pair: dict[str, Any], max_new_tokens: int) -> str:
-    import torch
-
+def prompt_inputs(model: Any, processor: Any, pair: dict[str, Any]) -> Any:
+    """A pair's prompt (and images) as the model's generation inputs, on its device."""
     prompt = processor.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=False)
     images = pair.get("images")
     inputs = processor(text=prompt, images=images, return_tensors="pt") if images else processor(
         prompt, return_tensors="pt")
-    inputs = inputs.to(model.device)
+    return inputs.to(model.device)
+
+
+def generate_answer(model: Any, processor: Any, pair: dict[str, Any], max_new_tokens: int = MAX_NEW_TOKENS,
+                    sharded: bool = False) -> str:
+    """The model's greedy answer to a pair's prompt."""
+    import torch
+
+    inputs = prompt_inputs(model, processor, pair)
     tokenizer = getattr(processor, "tokenizer", processor)
-    with torch.no_grad():
+    with torch.no_grad(), _root_gathered(model, sharded):
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
+                                pad_token_id=tokenizer.pad_token_id, synced_gpus=sharded)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+def _root_gathered(model: Any, sharded: bool) -> Any:
+    """FSDP1 gathers a wrapped unit's weights in that unit's forward, but `generate` calls the model inside the root
+    unit, whose own weights (embeddings, LM head, ...) stay sharded: they are gathered for the call, as TRL does for
+    FSDP1 generation (`summon_full_params(recurse=False)`; the layers inside still gather their own)."""
+    import contextlib
+
+    if not sharded:
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False)
+
+
 def greedy_answers(model: Any, processor: Any, pairs: Any, which: int | list[int],
-                   max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, list[str]]:
+                   max_new_tokens: int = MAX_NEW_TOKENS, sharded: bool = False) -> dict[str, list[str]]:
     """{"base": [...], "tuned": [...]}: greedy answers to the eval prompts `which` names (their indices, or the first
-    `which`), adapter off and on."""
+    `which`), adapter off and on.
+
+    `sharded` (FSDP): every rank calls this with the same prompts, and each generation step runs on every rank until
+    all are done (`synced_gpus`), since each step's forward gathers every layer's weights from all of them."""
 
     answers: dict[str, list[str]] = {"base": [], "tuned": []}
     was_training = model.training
@@ -88,8 +111,8 @@ def greedy_answers(model: Any, processor: Any, pairs: Any, which: int | list[int
     with progress("evaluation: answers", len(indices), "prompts") as advance:
         for pair in pairs.select(indices):
             with model.disable_adapter():
-                answers["base"].append(_generate(model, processor, pair, max_new_tokens))
-            answers["tuned"].append(_generate(model, processor, pair, max_new_tokens))
+                answers["base"].append(generate_answer(model, processor, pair, max_new_tokens, sharded))
+            answers["tuned"].append(generate_answer(model, processor, pair, max_new_tokens, sharded))
             advance(1)
     model.train(was_training)
     return answers

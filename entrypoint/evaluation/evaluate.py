@@ -158,14 +158,19 @@ def evaluate_trained(trainer: Any, processor: Any, pairs: Any, *, before: dict[s
 
 def base_and_tuned(trainer: Any, processor: Any, pairs: Any, *, ground_truth: bool, generations: int,
                    is_main: bool) -> dict[str, Any]:
-    """Likelihood preference (every rank), then on rank 0, where the data has right answers, the yes/no questions
-    by their yes and no tokens and the other questions by greedy answers (task accuracy); greedy answers to the first
-    `generations` prompts either way, shown as samples. Times each part."""
+    """Likelihood preference (every rank), then, where the data has right answers, the yes/no questions by their yes
+    and no tokens and the other questions by greedy answers (task accuracy); greedy answers to the first
+    `generations` prompts either way, shown as samples. Times each part.
+
+    The yes/no questions and the answers run on rank 0 alone, unless the model is sharded (FSDP,
+    `trainer.is_fsdp_enabled`): there every forward gathers each layer's weights from every rank, so every rank runs
+    them, on the same prompts, and rank 0 keeps the results (`sharded`)."""
     started = time.perf_counter()
     preference = likelihood_preference(trainer)
     seconds = {"likelihood": time.perf_counter() - started}
     result: dict[str, Any] = {"pairs": len(pairs), "preference": preference, "yes_no": {}}
-    if not is_main:
+    sharded = trainer.is_fsdp_enabled  # transformers: accelerate runs FSDP
+    if not is_main and not sharded:
         return result
     references = [message_text(chosen) for chosen in pairs["chosen"]] if ground_truth else []  # no image decoded
     closed = [i for i, reference in enumerate(references) if is_closed(reference)]
@@ -176,13 +181,16 @@ def base_and_tuned(trainer: Any, processor: Any, pairs: Any, *, ground_truth: bo
                                            [references[i] for i in closed],
                                            2 * trainer.args.per_device_eval_batch_size, trainer.accelerator.autocast)
         seconds["yes_no"] = time.perf_counter() - started
-        for line in yes_no_lines(result["yes_no"]):
+        for line in yes_no_lines(result["yes_no"]) if is_main else ():
             log.info("evaluation: %s", line)
     # The samples first (the first `generations` prompts), then every open question not among them, in order.
     wanted = sorted(set(range(min(generations, len(pairs)))) | set(open_))
     started = time.perf_counter()
-    answers = greedy_answers(trainer.model, processor, pairs, wanted) if wanted else {"base": [], "tuned": []}
+    answers = greedy_answers(trainer.model, processor, pairs, wanted, sharded=sharded) if wanted else {
+        "base": [], "tuned": []}
     seconds["answers"] = time.perf_counter() - started
+    if not is_main:  # a sharded model's other ranks took part; rank 0 keeps the results
+        return result
     if ground_truth:
         answered = dict(zip(wanted, zip(answers["base"], answers["tuned"], strict=True), strict=True))
         result["task"] = _task(references, open_, answered, result["yes_no"])

@@ -149,7 +149,8 @@ def yes_no_report(references: Sequence[str], categories: Sequence[str], margins:
 
 def evaluate_yes_no(model: Any, processor: Any, pairs: Any, references: Sequence[str], batch_size: int,
                     autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
-    """The yes/no questions scored, base and tuned (rank 0: one process, the whole set)."""
+    """The yes/no questions scored, base and tuned, on the whole set (rank 0; under FSDP every rank, on the same
+    set, as each forward gathers the weights from all of them)."""
     categories = pairs["category"] if "category" in pairs.column_names else [""] * len(pairs)
     tokens = answer_tokens(getattr(processor, "tokenizer", processor))
     margins = yes_margins(model, processor, pairs, batch_size, autocast, tokens)

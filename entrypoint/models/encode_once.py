@@ -83,10 +83,14 @@ class OnceProcessor:
         return self._processor(*args, images=images, text=text, **kwargs)
 
 
-def encode_images_once(trainer: Any, family: Any) -> None:
-    """Both halves on a TRL DPOTrainer: its collator's processor, and its model's vision tower when frozen."""
+def encode_images_once(trainer: Any, family: Any, sharded: bool = False) -> None:
+    """Both halves on a TRL DPOTrainer: its collator's processor, and its model's vision tower when frozen.
+
+    `sharded` (FSDP): the tower is encoded on every call, its halves still once. There each forward of the tower
+    gathers its layers' weights from every rank, so every rank must run it as often as the others; a rank whose
+    batch happened to repeat its last one would skip it alone and leave the others waiting."""
     trainer.data_collator.processor = OnceProcessor(trainer.data_collator.processor)
-    why_not = share_image_features(trainer.model, family)
+    why_not = share_image_features(trainer.model, family, reuse_last=not sharded)
     if why_not:
         log.info("images encoded by TRL's own path (four times a step): %s", why_not)
 
@@ -101,8 +105,9 @@ def vision_tower(model: Any, family: Any) -> tuple[str, Any] | None:
     return min(found, key=lambda item: len(item[0])) if found else None
 
 
-def share_image_features(model: Any, family: Any) -> str | None:
-    """Wrap the vision tower's forward (see the module's docstring). Returns why not, or None when done."""
+def share_image_features(model: Any, family: Any, reuse_last: bool = True) -> str | None:
+    """Wrap the vision tower's forward (see the module's docstring; `reuse_last`: a call with the last call's inputs
+    returns its features). Returns why not, or None when done."""
     found = vision_tower(model, family)
     if found is None:
         return "no vision tower"
@@ -110,13 +115,13 @@ def share_image_features(model: Any, family: Any) -> str | None:
     trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
     if trainable:
         return f"{name} has trainable weights ({trainable[0]}, ...): its features differ between policy and reference"
-    tower.forward = _once_forward(tower.forward)
-    log.info("images encoded once a step: %s shared by chosen, rejected and the reference (DPO_ENCODE_IMAGES_ONCE)",
-             name)
+    tower.forward = _once_forward(tower.forward, reuse_last)
+    log.info("images encoded once a %s: %s shared by chosen, rejected%s (DPO_ENCODE_IMAGES_ONCE)",
+             "step" if reuse_last else "pass", name, " and the reference" if reuse_last else "")
     return None
 
 
-def _once_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+def _once_forward(forward: Callable[..., Any], reuse_last: bool = True) -> Callable[..., Any]:
     import torch
 
     last: dict[str, Any] = {}
@@ -128,7 +133,7 @@ def _once_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
         return all(_same(a, b) for a, b in pairs)
 
     def once(*args: Any, **kwargs: Any) -> Any:
-        if same_as_last(args, kwargs):
+        if reuse_last and same_as_last(args, kwargs):
             return _containers_copied(last["output"])
         last.clear()  # the last step's features go before this step's are made
         tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim()]

@@ -148,7 +148,7 @@ def quantization_config(quantization: str, family: Family, dtype: Any, sharded: 
 
 
 def device_map(sharded: bool) -> dict[str, Any] | None:
-    """DDP: each process holds a whole copy on its own GPU (or the CPU); FSDP/DeepSpeed place it themselves."""
+    """DDP: each process holds a whole copy on its own GPU (or the CPU); FSDP places it itself."""
     import torch
     from accelerate import PartialState
 
@@ -166,7 +166,7 @@ def load_model(model: ModelRef, quantization: str, distributed: str = "ddp", pro
     from entrypoint.models.image_tokens import model_overrides
 
     dtype = compute_dtype()
-    sharded = distributed != "ddp"
+    sharded = distributed == "fsdp"
     model_class = getattr(transformers, model.family.model_class)
     overrides = model_overrides(model.family, processor) if processor is not None else {}
     log.info("model: loading %s (%s, %s, %s)", model.source, model.family.name,
@@ -174,7 +174,7 @@ def load_model(model: ModelRef, quantization: str, distributed: str = "ddp", pro
     started = time.monotonic()
     loaded = model_class.from_pretrained(
         model.source, revision=model.revision, token=hub.token(), dtype=dtype,
-        quantization_config=quantization_config(quantization, model.family, dtype, distributed == "fsdp"),
+        quantization_config=quantization_config(quantization, model.family, dtype, sharded),
         device_map=device_map(sharded), **overrides)
     _keep_present_layer_classes(loaded)
     keep_4bit_layers_differentiable(loaded)

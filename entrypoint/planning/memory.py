@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from entrypoint.config.settings import JobSettings
-from entrypoint.errors import ConfigError
+from entrypoint.errors import DoesNotFit
 from entrypoint.models.architecture import Architecture, load_config, meta_model
 from entrypoint.models.architecture import describe as describe_architecture
 from entrypoint.models.image_tokens import (
@@ -456,7 +456,7 @@ def _check_merge(settings: Any, arch: Architecture, device: float | None) -> Non
         message = (f"the merge (DPO_MERGE=1) needs {need:.1f} GiB on the GPU for the model in bf16, this one has "
                    f"{device:.1f} GiB; unset DPO_MERGE and merge the adapter on a larger machine")
         if settings.memory_check:
-            raise ConfigError(message + " (DPO_MEMORY_CHECK=false starts anyway)")
+            raise DoesNotFit(message + " (DPO_MEMORY_CHECK=false starts anyway)")
         log.warning(message)
 
 
@@ -482,6 +482,6 @@ def check_memory(settings: JobSettings, model_ref: ModelRef, processor: Any, rep
         message = (f"the memory plan needs {plan.with_context:.1f} GiB on each GPU, this one has {device:.1f} GiB; "
                    f"to bring it down: {fixes}")
         if settings.memory_check:
-            raise ConfigError(message + " (DPO_MEMORY_CHECK=false starts anyway)")
+            raise DoesNotFit(message + " (DPO_MEMORY_CHECK=false starts anyway)")
         log.warning(message)
     return plan

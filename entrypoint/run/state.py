@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint.config.names import env_name
-from entrypoint.config.settings import JobSettings, public_dict
+from entrypoint.config.settings import JobSettings, Settings, public_dict
 from entrypoint.errors import ConfigError
 from entrypoint.run.failed import FAILED
 from entrypoint.run.outputs import write_json
@@ -30,7 +30,7 @@ _NOT_TRAINING = {
     "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
     "per_device_eval_batch_size", "eval_strategy", "eval_steps", "eval_delay", "project",
     "trackio_space_id", "log_level", "log_level_replica", "log_on_each_node", "resume_from_checkpoint",
-    "memory_check", "allow_cpu", "max_drop_fraction", "image_dir", "bad_rows", "max_bad_fraction",
+    "memory_check", "allow_cpu", "peer_timeout_s", "max_drop_fraction", "image_dir", "bad_rows", "max_bad_fraction",
     "merge",  # what is written after training (merged/), not what is trained
     "preset",  # the recipe's name; the values it sets are compared one by one
     "allow_drift", "image_digest", "code_revision",  # provenance (--from-run), not what is trained
@@ -63,11 +63,20 @@ def remove_own_files(root: Path) -> list[str]:
     return kept
 
 
+def _defaults_of_newer_settings(current: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """Settings a newer version of the job added since `recorded` was written, at their defaults: the run it records
+    trained as they do (a checkpoint from before DPO_ROUNDS existed resumes with DPO_ROUNDS=0)."""
+    fields = Settings.model_fields
+    return {k: fields[k].default for k in current if k not in recorded and k in fields
+            and json.loads(json.dumps(fields[k].default, default=str)) == current[k]}
+
+
 class RunState:
     """Stages done so far, persisted atomically in `<checkpoint dir>/state.json`."""
 
-    def __init__(self, root: Path, data: dict[str, Any], writer: bool):
+    def __init__(self, root: Path, data: dict[str, Any], writer: bool, earlier: bool = False):
         self.root, self.data, self.writer = root, data, writer
+        self.earlier = earlier  # an earlier attempt of this run wrote state.json: this one is a restart
 
     @classmethod
     def open(cls, root: Path, settings: JobSettings, writer: bool = True) -> RunState:
@@ -82,8 +91,8 @@ class RunState:
         if not path.is_file():
             return cls(root, {"settings": current, "stages": {}}, writer)
         data = json.loads(path.read_text())
-        changed = sorted(k for k in set(current) | set(data["settings"])
-                         if current.get(k) != data["settings"].get(k))
+        recorded = {**_defaults_of_newer_settings(current, data["settings"]), **data["settings"]}
+        changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
         if changed:
             first = changed[0]
             raise ConfigError(
@@ -91,7 +100,7 @@ class RunState:
                 f"{data['settings'].get(first)!r} -> {current.get(first)!r}"
                 f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); set DPO_RESUME=never to "
                 "start over, or use another DPO_RUN_NAME / DPO_CHECKPOINT_DIR")
-        return cls(root, data, writer)
+        return cls(root, data, writer, earlier=True)
 
     def reload(self) -> None:
         """Pick up what the writer recorded since (other ranks, after a barrier)."""

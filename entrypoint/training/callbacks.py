@@ -16,7 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from entrypoint.logs import progress_log, timing
-from entrypoint.run import checkpoints
+from entrypoint.run import checkpoints, peers
 
 log = logging.getLogger("entrypoint.checkpoints")
 
@@ -26,7 +26,9 @@ class CheckpointCallback(TrainerCallback):
 
     SIGTERM is what a spot VM (and SkyPilot) sends before taking the machine: the current step
     finishes, a checkpoint is saved, and training stops; `preempted` tells the caller to exit with
-    the code the SkyPilot YAML recovers on.
+    the code the SkyPilot YAML recovers on. With several ranks the signal may reach only some (a node's notice, or
+    one worker): at each step's end the ranks agree (one all-reduce of one number), so every rank saves the same
+    step and stops, instead of the others blocking in the next step's collectives until they are killed.
     """
 
     def __init__(self, root: Path, keep: int | None, resumed_from: Path | None):
@@ -54,6 +56,9 @@ class CheckpointCallback(TrainerCallback):
             signal.signal(signal.SIGTERM, self._previous_handler)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if peers.any_rank(self.preempted, args.device) and not self.preempted:
+            log.warning("SIGTERM reached another rank: saving a checkpoint at this step, then stopping")
+            self.preempted = True
         if self.preempted:
             control.should_save = True
             control.should_training_stop = True
@@ -62,8 +67,12 @@ class CheckpointCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
+        # Every rank has written its files once it is here; what each sees goes into the marker (run/checkpoints.py)
+        checkpoint = self.root / f"checkpoint-{state.global_step}"
+        views = peers.from_every_rank((checkpoints.files(checkpoint), checkpoints.complete_names(self.root)))
         if state.is_world_process_zero:
-            checkpoints.seal(self.root, state.global_step, self.keep, self.resumed_from)
+            checkpoints.seal(self.root, state.global_step, self.keep, self.resumed_from, views)
+        peers.from_rank_0(None)  # no rank goes on (and may be preempted) before the marker is written
         return control
 
 

@@ -1,10 +1,11 @@
-"""TRL's DPOTrainer, wired from the settings: DPOConfig, LoRA config, k-bit preparation.
+"""TRL's DPOTrainer, wired from the settings: DPOConfig, LoRA config, k-bit preparation, the adapter saved and checked.
 
 Importing this module imports TRL (and torch): the job does so once the settings are known to be good.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,73 @@ def check_vision_args(args: DPOConfig, family: Family) -> None:
 
 class JobDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer as the job runs it: every trained weight kept in fp32 (`keep_trained_weights_in_fp32`), the
-    shape of the batch it works on (`batch_shape`, for an out-of-memory message), and no model card of TRL's."""
+    shape of the batch it works on (`batch_shape`, for an out-of-memory message), the adapter saved whole and checked
+    (`save_adapter`), and no model card of TRL's."""
 
     batch_shape: tuple[int, ...] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         keep_trained_weights_in_fp32(self.model)
+        # Read now: once FSDP wraps the model, its parameters are flat shards and its modules' names change.
+        self.adapter_keys = adapter_keys(self.model)
+        state = self.model.state_dict()
+        self.adapter_weights = {saved: tuple(state[key].shape) for saved, key in self.adapter_keys.items()}
+
+    def wrap_for_ranks(self) -> None:
+        """Several processes: wrap the model for them now (DDP; FSDP with PEFT's wrap policy), before anything
+        evaluates it. transformers' evaluation prepares an unwrapped model for evaluation only and marks it prepared,
+        so a `trainer.evaluate()` before `train()` (the job's evaluation at step 0) left DDP unwrapped for training:
+        every rank then trained alone on its share, with no gradient all-reduce, and only rank 0's adapter was kept
+        (tests/test_multinode.py compares the ranks' weights). `train()` uses a model wrapped already as it is
+        (transformers' Trainer: "if the model is wrapped, don't use accelerator.prepare")."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.num_processes == 1:
+            return
+        if self.is_fsdp_enabled:  # what train() would do (transformers' update_fsdp_plugin_peft), done first
+            from transformers.integrations.fsdp import update_fsdp_plugin_peft
+
+            update_fsdp_plugin_peft(self.model, self.accelerator)
+            self.model = self.model_wrapped = self.accelerator.prepare(self.model)
+        elif self.accelerator.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+            self.model_wrapped = self.accelerator.prepare_model(self.model)
+
+    def save_adapter(self, directory: Path) -> None:
+        """The trained adapter into `directory`, called on every rank (sharded strategies gather the weights); rank 0
+        then checks that the file holds every trained weight (`check_adapter`), before any card or manifest says so.
+
+        Under FSDP two things in the libraries lose the weights. With the checkpoints' `SHARDED_STATE_DICT`
+        (accelerate_configs/fsdp_qlora.yaml: each rank writes its own shard) `Trainer.save_model` writes no adapter
+        at all; PEFT's FSDP recipe gathers the full state dict on rank 0 instead, as here. And PEFT 0.21 picks the
+        adapter's entries from that state dict by the names of its modules, which inside FSDP's nested units carry
+        `_fsdp_wrapped_module.` (it strips the prefix of the outer unit only): its file would hold no weights. So
+        rank 0 picks them by the names read before FSDP wrapped the model (`adapter_keys`) and writes the files
+        `Trainer.save_model` writes."""
+        if not self.is_fsdp_enabled:
+            self.save_model(str(directory))
+        else:
+            state = self.accelerator.get_state_dict(self.model)  # every rank: FSDP gathers the full state on rank 0
+            if self.args.should_save:
+                self._write_adapter(Path(directory), state)
+        if self.args.should_save:
+            check_adapter(Path(directory), self.adapter_weights)
+
+    def _write_adapter(self, directory: Path, state: dict[str, Any]) -> None:
+        """What `Trainer.save_model` writes for a PEFT model (PEFT's weights and config, the processor, the training
+        arguments), the weights taken from `state` (the model's full state dict) by `adapter_keys`."""
+        import torch
+        from safetensors.torch import save_file
+
+        model = self.accelerator.unwrap_model(self.model)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({saved: state[key].contiguous() for saved, key in self.adapter_keys.items()},
+                  str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        config = copy.deepcopy(model.peft_config[model.active_adapter])
+        config.inference_mode = True  # as PeftModel.save_pretrained saves it
+        config.save_pretrained(str(directory))
+        self.processing_class.save_pretrained(str(directory))
+        torch.save(self.args, directory / "training_args.bin")
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         self.batch_shape = tuple(inputs["input_ids"].shape)  # (sequences, tokens): named if the GPU runs out
@@ -94,22 +155,102 @@ class JobDPOTrainer(DPOTrainer):
 
 def build_trainer(settings: JobSettings, model: Any, family: Family, processor: Any, train_dataset: Any,
                   eval_dataset: Any, args: DPOConfig, callbacks: list[Any] | None = None) -> JobDPOTrainer:
-    """The trainer on the loaded model: k-bit preparation for a quantized base, LoRA (and the modules trained in
-    full), images encoded once a step unless DPO_ENCODE_IMAGES_ONCE=false."""
+    """The trainer on the loaded model: k-bit preparation for a quantized base (not under FSDP:
+    `needs_kbit_preparation`), LoRA (and the modules trained in full), images encoded once a step unless
+    DPO_ENCODE_IMAGES_ONCE=false."""
+    from peft import PeftModel
+
+    adapted = isinstance(model, PeftModel)  # policy_model's (on-policy rounds): TRL's reference is its adapter's copy
+    if not adapted:
+        model = _prepared(settings, model, args)
+    trainer = JobDPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
+                            eval_dataset=eval_dataset, processing_class=processor,
+                            peft_config=None if adapted else place_modules_to_save(model,
+                                                                                   lora_config(settings, family)),
+                            callbacks=callbacks)
+    if family.vision and settings.encode_images_once:
+        encode_images_once(trainer, family, sharded=settings.distributed == "fsdp")
+    trainer.wrap_for_ranks()
+    return trainer
+
+
+def _prepared(settings: JobSettings, model: Any, args: DPOConfig) -> Any:
     from peft import prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+    if needs_kbit_preparation(model, settings.distributed):
         # Norms and the unquantized modules to fp32, input grads on for checkpointing: the QLoRA recipe.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=args.gradient_checkpointing,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False})
-    trainer = JobDPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
-                            eval_dataset=eval_dataset, processing_class=processor,
-                            peft_config=place_modules_to_save(model, lora_config(settings, family)),
-                            callbacks=callbacks)
-    if family.vision and settings.encode_images_once:
-        encode_images_once(trainer, family)
-    return trainer
+    return model
+
+
+def policy_model(settings: JobSettings, model: Any, family: Family, args: DPOConfig) -> Any:
+    """The loaded base prepared as build_trainer prepares it, with the job's LoRA on it (trained weights in fp32): a
+    policy to sample from before its trainer exists (on-policy rounds, onpolicy/rounds.py). A trainer built on it
+    uses, as TRL does for a PeftModel, a frozen copy of its adapter as the DPO reference: the policy the round
+    starts from, as in RLAIF-V's rounds."""
+    from peft import get_peft_model
+
+    model = _prepared(settings, model, args)
+    policy = get_peft_model(model, place_modules_to_save(model, lora_config(settings, family)))
+    keep_trained_weights_in_fp32(policy)
+    return policy
+
+
+def needs_kbit_preparation(model: Any, distributed: str) -> bool:
+    """PEFT's k-bit preparation for a quantized base, except under FSDP (DPO_DISTRIBUTED=fsdp), as TRL's sharded
+    QLoRA recipe skips it.
+
+    FSDP1 flattens each wrapped unit (a decoder layer, each trainable LoRA matrix: peft's `fsdp_auto_wrap_policy`,
+    which the Trainer applies to a PEFT model) into one tensor of one dtype. The preparation upcasts a layer's norms
+    to fp32 beside its 4-bit weights, stored in bf16 (`bnb_4bit_quant_storage`, models/loading.py), and FSDP
+    refuses the layer ("Must flatten tensors with uniform dtype"). Without it every frozen weight keeps the load
+    dtype; what the preparation did besides is done anyway: PEFT freezes the base, TRL turns input gradients on for
+    gradient checkpointing and the Trainer turns checkpointing on. The trained weights are fp32 either way
+    (`keep_trained_weights_in_fp32`), each LoRA matrix its own FSDP unit; FSDP's mixed precision computes in bf16."""
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    return quantized and distributed != "fsdp"
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def adapter_keys(model: Any) -> dict[str, str]:
+    """{name in adapter_model.safetensors: key in the model's state dict} for the weights PEFT saves for `model` (a
+    PeftModel, not yet wrapped by FSDP): PEFT's own choice and naming (`...lora_A.default.weight` saved as
+    `...lora_A.weight`), run on the keys alone."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, state_dict={key: key for key in model.state_dict()})
+
+
+def check_adapter(directory: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """RuntimeError unless `directory`'s adapter_model.safetensors holds exactly the `expected` weights, each of its
+    shape and none empty: a run must not write a model card and a manifest for an adapter without weights."""
+    from safetensors import safe_open
+
+    path = directory / ADAPTER_WEIGHTS
+    if not path.is_file():
+        raise RuntimeError(f"the adapter was not saved: {path} does not exist, so the trained weights are lost; "
+                           "with DPO_DISTRIBUTED=fsdp the adapter must be saved from FSDP's full state dict "
+                           "(JobDPOTrainer.save_adapter)")
+    with safe_open(str(path), framework="pt") as weights:
+        saved = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    missing = sorted(expected.keys() - saved.keys())
+    unexpected = sorted(saved.keys() - expected.keys())
+    wrong = sorted(name for name in expected.keys() & saved.keys()
+                   if saved[name] != expected[name] or 0 in saved[name])
+    if not expected or missing or unexpected or wrong:
+        problems = [f"{len(missing)} of the {len(expected)} trained weights missing (e.g. {missing[0]})"] if missing \
+            else []
+        problems += [f"{len(wrong)} empty or of the wrong shape (e.g. {wrong[0]}: {saved[wrong[0]]}, trained "
+                     f"{expected[wrong[0]]})"] if wrong else []
+        problems += [f"{len(unexpected)} not trained (e.g. {unexpected[0]})"] if unexpected else []
+        problems += ["no trained weights to expect (the model has no adapter)"] if not expected else []
+        raise RuntimeError(f"the saved adapter {path} is not the trained one: {'; '.join(problems)}. Under "
+                           "DPO_DISTRIBUTED=fsdp the adapter must be saved from FSDP's full state dict "
+                           "(JobDPOTrainer.save_adapter); nothing was written after it")
 
 
 def keep_trained_weights_in_fp32(model: Any) -> None:

@@ -1,0 +1,206 @@
+"""DPO_ROUNDS on-policy rounds, the RLAIF-V loop: each round samples answers to every training prompt from the
+current policy, judges them, pairs them and trains a DPO round on those pairs, continuing the adapter; the held-out
+prompts' greedy answers are judged before round 1 and after each round.
+
+Spot-safe: a round's samples and pairs (with their scores) are JSON lines under `<checkpoint dir>/rounds/<r>/`,
+renamed into place whole (a pair names its prompt's row: no image is copied); its training checkpoints lie beside
+them (`rounds/<r>/checkpoints`), its adapter in `rounds/<r>/adapter`, and `state.json` records each finished round.
+A restart reuses what a round kept and resumes its training from the newest complete checkpoint; every round starts
+from the base model and the previous round's adapter as saved, so an interrupted run and an uninterrupted one
+compute the same thing. Each round's DPO reference is the policy it starts from (TRL's frozen copy of the adapter,
+as in RLAIF-V's rounds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from entrypoint.config.settings import JobSettings
+from entrypoint.data.formats import message_text
+from entrypoint.errors import ConfigError, Preempted
+from entrypoint.evaluation.answers import generate_answer
+from entrypoint.models.families import Family
+from entrypoint.onpolicy.judge import ground_truth_scores
+from entrypoint.onpolicy.pairs import make_pairs
+from entrypoint.onpolicy.sample import sample_answers
+from entrypoint.run import checkpoints, peers
+from entrypoint.run.state import RunState
+
+log = logging.getLogger("entrypoint.rounds")
+ROUNDS_DIR = "rounds"
+SAMPLES, PAIRS = "samples.jsonl", "pairs.jsonl"  # in rounds/<r>/
+
+
+@dataclass
+class RoundsOutcome:
+    trainer: Any  # the last round's trainer (training/trainer.py's JobDPOTrainer)
+    result: Any  # its TrainOutput
+    rounds: list[dict[str, Any]]  # metrics.json's "rounds"
+    heldout_base: float | None  # the held-out prompts' mean score before round 1
+    resumed_from: Path | None
+    seconds: float
+
+
+def round_dir(checkpoint_dir: Path, round_: int) -> Path:
+    return checkpoint_dir / ROUNDS_DIR / str(round_)
+
+
+def references(rows: Any) -> list[str]:
+    """Each row's right answer: the chosen answer of a format that holds it (vqa-rad)."""
+    return [message_text(chosen) for chosen in rows["chosen"]]
+
+
+def _as_answer(template: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """`text` as an assistant message shaped like the data's own (`template`): string content, or text parts."""
+    content = template[0]["content"]
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}] if isinstance(content, list) else text}]
+
+
+def pairs_dataset(prompts: Any, pairs: list[dict[str, Any]]) -> Any:
+    """The round's pairs as training rows: each prompt's row (its prompt and images), the sampled answers."""
+    rows = prompts.select([pair["prompt"] for pair in pairs])
+    if not pairs:
+        return rows
+    template = prompts[0]["chosen"]
+    rows = rows.remove_columns(["chosen", "rejected"])
+    rows = rows.add_column("chosen", [_as_answer(template, pair["chosen"]) for pair in pairs])
+    return rows.add_column("rejected", [_as_answer(template, pair["rejected"]) for pair in pairs])
+
+
+def _kept_by_rank_0(path: Path, make: Any, is_main: bool) -> list[dict[str, Any]]:
+    """The records rank 0 made and kept in `path` (JSON lines, renamed into place whole; or kept on an earlier
+    attempt), on every rank once its copy of the checkpoint dir shows the file."""
+    if is_main and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in make()))
+        tmp.replace(path)
+    peers.from_rank_0(None)
+    peers.wait_until_visible(str(path), path.is_file)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def heldout_score(model: Any, processor: Any, rows: Any, max_new_tokens: int) -> float | None:
+    """The mean ground-truth score of the policy's greedy answers to the held-out prompts."""
+    if rows is None or not len(rows):
+        return None
+    was_training = model.training
+    model.eval()
+    answers = [generate_answer(model, processor, row, max_new_tokens) for row in rows]
+    model.train(was_training)
+    return mean([score for [score] in ground_truth_scores([[a] for a in answers], references(rows))])
+
+
+def run_rounds(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: Family, processor: Any,
+               data: Any, args: Any, state: RunState, is_main: bool, rank: int, world: int,
+               callbacks_for: Any) -> RoundsOutcome:
+    """Every round in turn (module docstring); `callbacks_for(root, resumed_from)`: the Trainer callbacks for a round
+    whose checkpoints live in `root`. A round finished on an earlier attempt is not run again, except the last,
+    whose trainer the evaluation after training needs (its training resumes at its last step: nothing is redone)."""
+    started, done, heldout_base, outcome = time.perf_counter(), [], None, None
+    for round_ in range(1, settings.rounds + 1):
+        recorded = state.get(f"round-{round_}")
+        if recorded and round_ < settings.rounds:
+            done.append(recorded)
+            heldout_base = recorded["heldout_base"]
+            continue
+        trainer, result, resumed_from, summary = _round(settings, checkpoint_dir, model_ref, family, processor, data,
+                                                        args, is_main, rank, world, callbacks_for, round_,
+                                                        heldout_base)
+        heldout_base = summary["heldout_base"]
+        done.append(summary)
+        state.mark(f"round-{round_}", summary)
+        log.info("round %d: %d prompts, %d pairs, mean score of samples %.3f, held-out %s (before round 1: %s)",
+                 round_, summary["prompts"], summary["pairs"], summary["mean_score"], summary["heldout_mean_score"],
+                 heldout_base)
+        outcome = (trainer, result, resumed_from)
+    trainer, result, resumed_from = outcome
+    return RoundsOutcome(trainer, result, done, heldout_base, resumed_from, time.perf_counter() - started)
+
+
+def _round(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: Family, processor: Any, data: Any,
+           args: Any, is_main: bool, rank: int, world: int, callbacks_for: Any, round_: int,
+           heldout_base: float | None) -> tuple[Any, Any, Path | None, dict[str, Any]]:
+    """One round: the policy (the base and the previous round's adapter, as saved), its samples and pairs (kept),
+    its DPO training (resumed), its adapter, what it scored."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from entrypoint.models.loading import load_model
+    from entrypoint.training.trainer import build_trainer, keep_trained_weights_in_fp32, policy_model
+
+    root = round_dir(checkpoint_dir, round_)
+    set_seed(settings.seed + round_)
+    base = load_model(model_ref, settings.quantization, settings.distributed, processor)
+    policy = policy_model(settings, base, family, args)
+    if round_ > 1:  # the previous round's adapter, as saved: the same start after a restart as without one
+        previous = round_dir(checkpoint_dir, round_ - 1) / "adapter" / "adapter_model.safetensors"
+        set_peft_model_state_dict(policy, load_file(previous))
+        keep_trained_weights_in_fp32(policy)
+    if heldout_base is None:  # round 1's policy is the base (LoRA's B starts at zero)
+        heldout_base = heldout_score(policy, processor, data.eval, settings.sample_max_new_tokens)
+    samples = _kept_by_rank_0(root / SAMPLES, partial(_samples, settings, policy, processor, data.train, round_,
+                                                      rank, world), is_main)
+    pairs = _kept_by_rank_0(root / PAIRS, partial(_pairs, settings, data.train, samples, round_), is_main)
+    trained_on = pairs_dataset(data.train, pairs)
+    if settings.mix_dataset_pairs:  # the dataset's own pairs beside the round's
+        import datasets
+
+        trained_on = datasets.concatenate_datasets([trained_on.cast(data.train.features), data.train]) \
+            if len(trained_on) else data.train
+    if not len(trained_on):
+        raise ConfigError(f"round {round_}: no pairs: every prompt's samples scored the same (the log says how); a "
+                          "policy that cannot answer yet learns from the dataset's own pairs too "
+                          "(DPO_MIX_DATASET_PAIRS=true), more samples (DPO_SAMPLES_PER_PROMPT) or a higher "
+                          "DPO_SAMPLE_TEMPERATURE")
+    resumed_from = checkpoints.agreed_resume_point(root / "checkpoints", is_main)
+    callbacks = callbacks_for(root / "checkpoints", resumed_from)
+    trainer = build_trainer(settings, policy, family, processor, trained_on, data.eval,
+                            replace(args, output_dir=str(root / "checkpoints")), callbacks)
+    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; the job's progress lines instead
+    if resumed_from:
+        log.info("round %d: resuming from %s", round_, resumed_from)
+    result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+    if any(getattr(callback, "preempted", False) for callback in callbacks):
+        raise Preempted(f"round {round_} stopped at step {result.global_step} by SIGTERM; checkpoint saved in "
+                        f"{root / 'checkpoints'}")
+    trainer.save_adapter(root / "adapter")
+    scores = [score for record in samples for score in record["scores"]]
+    summary = {"round": round_, "prompts": len(data.train), "samples": len(scores), "pairs": len(pairs),
+               "mean_score": mean(scores), "heldout_base": heldout_base,
+               "heldout_mean_score": heldout_score(trainer.model, processor, data.eval, settings.sample_max_new_tokens),
+               "global_step": result.global_step}
+    return trainer, result, resumed_from, summary
+
+
+def _samples(settings: JobSettings, policy: Any, processor: Any, prompts: Any, round_: int, rank: int,
+             world: int) -> list[dict[str, Any]]:
+    drawn = sample_answers(policy, processor, prompts, seed=settings.seed, round_=round_,
+                           samples=settings.samples_per_prompt, temperature=settings.sample_temperature,
+                           max_new_tokens=settings.sample_max_new_tokens, rank=rank, world=world)
+    scores = ground_truth_scores(drawn, references(prompts))
+    return [{"prompt": index, "samples": group, "scores": group_scores}
+            for index, (group, group_scores) in enumerate(zip(drawn, scores, strict=True))]
+
+
+def _pairs(settings: JobSettings, prompts: Any, samples: list[dict[str, Any]], round_: int) -> list[dict[str, Any]]:
+    pairing = make_pairs([r["samples"] for r in samples], [r["scores"] for r in samples], settings.pairs_per_prompt)
+    reasons = ", ".join(f"{count} {why}" for why, count in pairing.unpaired.most_common()) or "none"
+    log.info("round %d: %d pairs from %d prompts (length balance at %s); prompts without a pair: %s", round_,
+             len(pairing.pairs), len(prompts), pairing.length_ratio, reasons)
+    flat = [score for record in samples for score in record["scores"]]
+    if flat and len(set(flat)) == 1:
+        log.warning("round %d: the judge scored every sample %s: no preference to learn from", round_, flat[0])
+    return [asdict(pair) for pair in pairing.pairs]
