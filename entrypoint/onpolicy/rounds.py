@@ -42,7 +42,6 @@ class RoundsOutcome:
     trainer: Any  # the last round's trainer (training/trainer.py's JobDPOTrainer)
     result: Any  # its TrainOutput
     rounds: list[dict[str, Any]]  # metrics.json's "rounds"
-    heldout_base: float | None  # the held-out prompts' mean score before round 1
     resumed_from: Path | None
     seconds: float
 
@@ -81,7 +80,7 @@ def _kept_by_rank_0(path: Path, make: Any, is_main: bool) -> list[dict[str, Any]
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(json.dumps(record) + "\n" for record in make()))
         tmp.replace(path)
-    peers.from_rank_0(None)
+    peers.barrier()
     peers.wait_until_visible(str(path), path.is_file)
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -125,7 +124,7 @@ def run_rounds(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, fami
                  heldout_base)
         outcome = (trainer, result, resumed_from)
     trainer, result, resumed_from = outcome
-    return RoundsOutcome(trainer, result, done, heldout_base, resumed_from, time.perf_counter() - started)
+    return RoundsOutcome(trainer, result, done, resumed_from, time.perf_counter() - started)
 
 
 def _round(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: Family, processor: Any, data: Any,
@@ -139,7 +138,7 @@ def _round(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: 
     from transformers.trainer_callback import PrinterCallback
 
     from entrypoint.models.loading import load_model
-    from entrypoint.training.trainer import build_trainer, keep_trained_weights_in_fp32, policy_model
+    from entrypoint.training.trainer import build_trainer, policy_model
 
     root = round_dir(checkpoint_dir, round_)
     set_seed(settings.seed + round_)
@@ -147,8 +146,7 @@ def _round(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: 
     policy = policy_model(settings, base, family, args)
     if round_ > 1:  # the previous round's adapter, as saved: the same start after a restart as without one
         previous = round_dir(checkpoint_dir, round_ - 1) / "adapter" / "adapter_model.safetensors"
-        set_peft_model_state_dict(policy, load_file(previous))
-        keep_trained_weights_in_fp32(policy)
+        set_peft_model_state_dict(policy, load_file(previous))  # copied into the fp32 weights policy_model made
     if heldout_base is None:  # round 1's policy is the base (LoRA's B starts at zero)
         heldout_base = heldout_score(policy, processor, data.eval, settings.sample_max_new_tokens)
     samples = _kept_by_rank_0(root / SAMPLES, partial(_samples, settings, policy, processor, data.train, round_,

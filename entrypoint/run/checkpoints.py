@@ -47,10 +47,17 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and _step(p) >= 0), key=_step)
 
 
-def is_complete(checkpoint: Path) -> bool:
+def marker(checkpoint: Path) -> dict | None:
+    """The completeness marker (None: none, or cut off)."""
     try:
-        listed = json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"]
-    except (OSError, ValueError, KeyError):
+        return json.loads((checkpoint / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    listed = (marker(checkpoint) or {}).get("files")
+    if not isinstance(listed, dict):
         return False
     return all((checkpoint / name).is_file() and (checkpoint / name).stat().st_size == size
                for name, size in listed.items())
@@ -69,6 +76,12 @@ def complete_names(root: Path) -> set[str]:
     return {path.name for path in checkpoint_dirs(root) if is_complete(path)}
 
 
+def view(root: Path, checkpoint: Path, keep: int | None) -> tuple[dict[str, int], set[str]]:
+    """What this process sees for `seal`: the new checkpoint's files, and the complete checkpoints when pruning needs
+    them (`keep`: reading every marker of an unpruned bucket at every save would grow with the run)."""
+    return files(checkpoint), complete_names(root) if keep else set()
+
+
 def mark_complete(checkpoint: Path, views: list[dict[str, int]] | None = None,
                   note: dict[str, str] | None = None) -> None:
     """Write the marker: every file this process sees, and those the other ranks saw (`views`) that it does not yet
@@ -79,8 +92,8 @@ def mark_complete(checkpoint: Path, views: list[dict[str, int]] | None = None,
         for name, size in view.items():
             listed.setdefault(name, size)
     tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
-    marker = {"step": _step(checkpoint), **(note or {}), "files": dict(sorted(listed.items()))}
-    tmp.write_text(json.dumps(marker, indent=1))
+    content = {"step": _step(checkpoint), **(note or {}), "files": dict(sorted(listed.items()))}
+    tmp.write_text(json.dumps(content, indent=1))
     tmp.replace(checkpoint / COMPLETE_MARKER)
 
 
@@ -127,7 +140,7 @@ def seal(root: Path, step: int, keep: int | None, protected: Path | None,
     Returns the checkpoint."""
     checkpoint = root / f"checkpoint-{step}"
     remove_unpublished(checkpoint)
-    views = views or [(files(checkpoint), complete_names(root))]
+    views = views or [view(root, checkpoint, keep)]
     mark_complete(checkpoint, [{name: size for name, size in view.items() if Path(name).name not in UNPUBLISHED_FILES}
                                for view, _ in views])
     prune(root, keep, protected, confirmed_before(root, step, [seen for _, seen in views]))

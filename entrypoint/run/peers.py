@@ -52,6 +52,13 @@ def from_rank_0(value: Any) -> Any:
     return box[0]
 
 
+def barrier() -> None:
+    """Every rank reaches this point before any goes on."""
+    dist = _group()
+    if dist is not None:
+        dist.barrier()
+
+
 def from_every_rank(value: Any) -> list[Any]:
     """Every rank's `value`, in rank order, on every rank."""
     dist = _group()

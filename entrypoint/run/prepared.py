@@ -6,7 +6,6 @@ nor prepare the whole dataset again itself."""
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from pathlib import Path
@@ -26,12 +25,13 @@ def prepared_data(settings: JobSettings, cache_dir: Path, state: RunState, proce
                   max_length: int | None) -> PreparedData:
     """Pairs ready for the trainer, on every rank (the writer of `state` is rank 0)."""
     data = _by_rank_0(settings, cache_dir, state, processor, family, max_length) if state.writer else None
-    kept, report = peers.from_rank_0((_marker(state.prepared_dir), data.report) if data else None) or (None, None)
+    kept, report = peers.from_rank_0((checkpoints.marker(state.prepared_dir), data.report) if data else None) \
+        or (None, None)
     if data is not None:
         return data
     folder = state.prepared_dir
     peers.wait_until_visible(f"the prepared data in {folder}",
-                             lambda: _marker(folder) == kept and checkpoints.is_complete(folder))
+                             lambda: checkpoints.marker(folder) == kept and checkpoints.is_complete(folder))
     log.info("reusing prepared data from %s (rank 0 prepared it)", folder)
     state.data["stages"]["prepared"] = report  # in memory: this rank does not write state.json
     return load_prepared(folder, report)
@@ -56,9 +56,3 @@ def _by_rank_0(settings: JobSettings, cache_dir: Path, state: RunState, processo
     state.mark("prepared", data.report)
     return data
 
-
-def _marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / checkpoints.COMPLETE_MARKER).read_text())
-    except (OSError, ValueError):
-        return None

@@ -63,12 +63,11 @@ def remove_own_files(root: Path) -> list[str]:
     return kept
 
 
-def _defaults_of_newer_settings(current: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
-    """Settings a newer version of the job added since `recorded` was written, at their defaults: the run it records
-    trained as they do (a checkpoint from before DPO_ROUNDS existed resumes with DPO_ROUNDS=0)."""
-    fields = Settings.model_fields
-    return {k: fields[k].default for k in current if k not in recorded and k in fields
-            and json.loads(json.dumps(fields[k].default, default=str)) == current[k]}
+def _default(key: str) -> Any:
+    """A setting's default as state.json records it: what a state.json written before the setting existed trained
+    with (a checkpoint from before DPO_ROUNDS resumes with DPO_ROUNDS=0). None for a key that is no setting."""
+    field = Settings.model_fields.get(key)
+    return None if field is None else json.loads(json.dumps(field.default, default=str))
 
 
 class RunState:
@@ -91,8 +90,9 @@ class RunState:
         if not path.is_file():
             return cls(root, {"settings": current, "stages": {}}, writer)
         data = json.loads(path.read_text())
-        recorded = {**_defaults_of_newer_settings(current, data["settings"]), **data["settings"]}
-        changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+        recorded = data["settings"]
+        changed = sorted(k for k in set(current) | set(recorded)
+                         if current.get(k) != (recorded[k] if k in recorded else _default(k)))
         if changed:
             first = changed[0]
             raise ConfigError(
@@ -101,11 +101,6 @@ class RunState:
                 f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); set DPO_RESUME=never to "
                 "start over, or use another DPO_RUN_NAME / DPO_CHECKPOINT_DIR")
         return cls(root, data, writer, earlier=True)
-
-    def reload(self) -> None:
-        """Pick up what the writer recorded since (other ranks, after a barrier)."""
-        if (self.root / STATE).is_file():
-            self.data = json.loads((self.root / STATE).read_text())
 
     def done(self, stage: str) -> bool:
         return stage in self.data["stages"]

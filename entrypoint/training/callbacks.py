@@ -69,10 +69,10 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # Every rank has written its files once it is here; what each sees goes into the marker (run/checkpoints.py)
         checkpoint = self.root / f"checkpoint-{state.global_step}"
-        views = peers.from_every_rank((checkpoints.files(checkpoint), checkpoints.complete_names(self.root)))
+        views = peers.from_every_rank(checkpoints.view(self.root, checkpoint, self.keep))
         if state.is_world_process_zero:
             checkpoints.seal(self.root, state.global_step, self.keep, self.resumed_from, views)
-        peers.from_rank_0(None)  # no rank goes on (and may be preempted) before the marker is written
+        peers.barrier()  # no rank goes on (and may be preempted) before the marker is written
         return control
 
 
