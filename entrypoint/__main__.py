@@ -1,6 +1,6 @@
 """`python -m entrypoint`: read the settings, run the job, turn what a user can act on into its exit code (2: a bad
-setting or input, 3: out of GPU memory, 75: preempted, 76: a restart on a GPU too small, to recover elsewhere;
-errors.py)."""
+setting or input, 3: out of GPU memory, 65: an on-policy round without pairs, 69: a sampler or judge endpoint down,
+75: preempted, 76: a restart on a GPU too small, to recover elsewhere; errors.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ import sys
 from entrypoint.errors import (
     EXIT_BUG,
     EXIT_CONFIG,
+    EXIT_DATA,
     EXIT_OK,
     EXIT_OUT_OF_MEMORY,
     EXIT_PREEMPTED,
     EXIT_RECOVER_ELSEWHERE,
+    EXIT_UNAVAILABLE,
     ConfigError,
+    EndpointUnavailable,
+    NoTrainingData,
     OutOfMemory,
     Preempted,
     RecoverElsewhere,
@@ -77,6 +81,12 @@ def main(argv: list[str]) -> int:
     except Preempted as exc:
         print(f"preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except NoTrainingData as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return failed(settings, EXIT_DATA, str(exc))
+    except EndpointUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE  # not recorded as a failure: the endpoint may be back on the next attempt
     except RecoverElsewhere as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RECOVER_ELSEWHERE

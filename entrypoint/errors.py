@@ -9,6 +9,8 @@ EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_CONFIG = 2
 EXIT_OUT_OF_MEMORY = 3  # the GPU ran out of memory: the same settings fail the same way; lower them and run again
+EXIT_DATA = 65  # EX_DATAERR: the run's own data proved unusable once the model ran (an on-policy round without pairs)
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a sampler or judge endpoint kept failing; what was done is kept, run again
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving a checkpoint; run again to resume
 # A restart of a SkyPilot managed job landed on a GPU its memory plan does not fit (recovery may pick any GPU of the
 # YAML's set): nothing is wrong with the settings, the run needs another machine. The YAMLs recover on it.
@@ -35,3 +37,13 @@ class RecoverElsewhere(Exception):
 
 class Preempted(Exception):
     """Training stopped on SIGTERM (a spot preemption notice) after saving a checkpoint."""
+
+
+class NoTrainingData(Exception):
+    """What the model made of the data leaves nothing to train on (an on-policy round whose samples give no pair),
+    found after the model was loaded: exit 65, with the settings that change it."""
+
+
+class EndpointUnavailable(Exception):
+    """A sampler or judge endpoint failed past its retries: exit 69; the round's finished requests are kept, so a
+    run started again goes on from there."""

@@ -269,7 +269,7 @@ def train_in_rounds(settings: JobSettings, paths: RunPaths, model_ref: ModelRef,
     from entrypoint.onpolicy.rounds import run_rounds
     from entrypoint.training.callbacks import CheckpointCallback, ProgressLogCallback
 
-    if not FORMATS[data.report["format"]].ground_truth:  # found before the model is loaded
+    if settings.judge == "ground-truth" and not FORMATS[data.report["format"]].ground_truth:  # before any model
         holding = ", ".join(name for name, fmt in FORMATS.items() if fmt.ground_truth)
         raise ConfigError(f"DPO_ROUNDS={settings.rounds} with DPO_JUDGE=ground-truth needs a dataset format that holds "
                           f"each prompt's right answer ({holding}); DPO_DATASET is {data.report['format']}")

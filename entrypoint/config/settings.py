@@ -147,11 +147,36 @@ class JobSettings(BaseSettings):
     mix_dataset_pairs: bool = Field(False, description=(
         "Train each round on the dataset's own pairs too, beside the round's sampled ones (a policy that cannot "
         "answer yet learns first from them)."))
-    sampler: Literal["transformers"] = Field("transformers", description=(
-        "Who samples the rounds' answers: `transformers`, the job's own model (in-process `generate`)."))
-    judge: Literal["ground-truth"] = Field("ground-truth", description=(
+    round_reference: Literal["previous", "base"] = Field("previous", description=(
+        "Each round's DPO reference: `previous`, the policy the round starts from (the previous round's, as "
+        "RLAIF-V's rounds do), or `base`, the base model in every round."))
+    sampler: Literal["transformers", "openai"] = Field("transformers", description=(
+        "Who samples the rounds' answers: `transformers`, the job's own model (in-process `generate`); `openai`, an "
+        "OpenAI-compatible chat endpoint (DPO_SAMPLER_URL), e.g. vLLM serving the base model with each round's "
+        "adapter loaded through its LoRA API."))
+    sampler_url: str | None = Field(None, description=(
+        "DPO_SAMPLER=openai: the endpoint's base URL, e.g. http://localhost:8000/v1."))
+    sampler_model: str | None = Field(None, description=(
+        "DPO_SAMPLER=openai: the model name the endpoint serves the base under (default: DPO_MODEL)."))
+    sampler_api_key: str | None = Field(None, json_schema_extra={"secret": True}, description=(
+        "DPO_SAMPLER=openai: the endpoint's API key, if it needs one."))
+    judge: Literal["ground-truth", "model", "openai"] = Field("ground-truth", description=(
         "Who scores the rounds' answers: `ground-truth`, the row's own right answer (a format that holds one, e.g. "
-        "vqa-rad): yes/no by exact match, token F1 otherwise."))
+        "vqa-rad): yes/no by exact match, token F1 otherwise; `model`, RLAIF-V's divide and conquer with a judge "
+        "model the job loads (DPO_JUDGE_MODEL): each claim of an answer asked as a yes/no question about the image, "
+        "the score minus the claims judged false; `openai`, an OpenAI-compatible chat endpoint (DPO_JUDGE_URL)."))
+    judge_model: str | None = Field(None, description=(
+        "DPO_JUDGE=model: the judge model (any supported family, a Hub id, a local path or `tiny:<family>`), "
+        "loaded in DPO_QUANTIZATION; DPO_JUDGE=openai: the model name at the endpoint."))
+    judge_url: str | None = Field(None, description=(
+        "DPO_JUDGE=openai: the endpoint's base URL, e.g. http://localhost:8001/v1."))
+    judge_api_key: str | None = Field(None, json_schema_extra={"secret": True}, description=(
+        "DPO_JUDGE=openai: the endpoint's API key, if it needs one."))
+    endpoint_retries: int = Field(5, ge=0, description=(
+        "Retries of a failed request to a sampler or judge endpoint (exponential backoff) before the job stops; "
+        "what it finished is kept and a restart goes on from there."))
+    endpoint_timeout_s: float = Field(120.0, gt=0, description="Seconds a request to an endpoint may take.")
+    endpoint_concurrency: int = Field(8, ge=1, description="Requests in flight at once to an endpoint.")
     # --- run and outputs
     output_dir: Path | None = Field(None, description=(
         "Run directory: adapter/, metrics.json, config.json, manifest.json. Default: outputs/<run name>."))

@@ -198,6 +198,25 @@ def policy_model(settings: JobSettings, model: Any, family: Family, args: DPOCon
     return policy
 
 
+def use_base_as_reference(model: Any) -> None:
+    """DPO_ROUND_REFERENCE=base: TRL's frozen "ref" adapter (the copy of the policy it starts from) made the base
+    model's equal: LoRA's B zero, so the ref adapter's update B·A is zero, and every module PEFT trains in full
+    (modules_to_save) back to the base module's weights."""
+    import torch
+
+    model = getattr(model, "module", model)  # under DDP
+    with torch.no_grad():
+        for module in model.modules():
+            for part in ("lora_B", "lora_embedding_B"):
+                table = getattr(module, part, None)
+                if table is not None and "ref" in table:
+                    ref = table["ref"]
+                    (ref.weight if hasattr(ref, "weight") else ref).zero_()
+            copies = getattr(module, "modules_to_save", None)
+            if copies is not None and "ref" in copies and hasattr(module, "original_module"):
+                copies["ref"].load_state_dict(module.original_module.state_dict())
+
+
 def needs_kbit_preparation(model: Any, distributed: str) -> bool:
     """PEFT's k-bit preparation for a quantized base, except under FSDP (DPO_DISTRIBUTED=fsdp), as TRL's sharded
     QLoRA recipe skips it.
