@@ -37,8 +37,10 @@ from entrypoint.machine import check_gpus, use_cpu_threads
 from entrypoint.models.families import Family
 from entrypoint.models.image_tokens import model_overrides
 from entrypoint.models.loading import ModelRef, load_model, load_processor, model_width, resolve_model
+from entrypoint.onpolicy.rounds import check_round_settings
 from entrypoint.planning.cost import log_cost
 from entrypoint.planning.memory import MemoryPlan, as_dict, check_memory, peak_allocated_gib
+from entrypoint.planning.rounds import Judge, judge_model, log_rounds_plan
 from entrypoint.planning.schedule import eval_schedule, log_eval_cost
 from entrypoint.publish.destinations import check_destinations, destinations, publish_run, unpublished
 from entrypoint.results.write import write_results
@@ -49,7 +51,7 @@ from entrypoint.run.record import run_record
 from entrypoint.run.rerun import Recorded, check_drift
 from entrypoint.run.state import RunState
 from entrypoint.training.out_of_memory import explained
-from entrypoint.training.tracking import log_evaluation, setup_wandb
+from entrypoint.training.tracking import log_evaluation, log_round, setup_wandb
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -95,6 +97,7 @@ def check(settings: JobSettings, paths: RunPaths) -> ModelRef:
     model_ref = resolve_model(settings.model, settings.model_family, settings.model_revision, paths.cache_dir)
     check_sources(settings)  # DPO_DATASET, DPO_EVAL_DATASET, DPO_IMAGE_DIR
     check_destinations(settings, paths)
+    check_round_settings(settings, paths.cache_dir)  # DPO_ROUNDS' sampler and judge
     for warning in check_gpus(settings.allow_cpu):
         log.warning(warning)
     if threads := use_cpu_threads(model_width(model_ref)):
@@ -131,8 +134,12 @@ def plan_from_a_sample(settings: JobSettings, paths: RunPaths, model_ref: ModelR
     data = prepare_pairs(settings, paths.cache_dir, processor, model_ref.family, args.max_length, max_samples=rows,
                          peek=True)
     log_data_report(data.report, sample=True)
-    check_memory(settings, model_ref, processor, data.report)
+    judge = judge_model(settings, paths.cache_dir)
+    plan = check_memory(settings, model_ref, processor, data.report, judge.beside(settings.quantization) if judge
+                        else None)
     log_cost(settings, model_ref, processor, data.report, sampled=rows)
+    if settings.rounds:
+        log_rounds_plan(settings, model_ref, processor, data.report, rows, plan, judge)
 
 
 def finished_metrics(settings: JobSettings, paths: RunPaths, state: RunState) -> dict[str, Any] | None:
@@ -154,9 +161,9 @@ def train_and_evaluate(settings: JobSettings, paths: RunPaths, model_ref: ModelR
     the other ranks)."""
     processor = load_processor(model_ref, settings.max_image_tiles, settings.image_max_pixels)
     data, record = prepare_data(settings, paths, model_ref, processor, args, state, ranks, recorded)
-    plan = fitting_plan(settings, model_ref, processor, data.report, state)
+    plan = fitting_plan(settings, model_ref, processor, data.report, state, judge_model(settings, paths.cache_dir))
     if settings.rounds:
-        training = train_in_rounds(settings, paths, model_ref, processor, data, args, ranks, state)
+        training = train_in_rounds(settings, paths, model_ref, processor, data, args, ranks, state, record)
     else:
         training = train(settings, paths, model_ref, processor, data, args, ranks, record)
     with explained(training.trainer, settings, model_ref, processor, data.report):
@@ -192,12 +199,14 @@ def prepare_data(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, pr
 
 
 def fitting_plan(settings: JobSettings, model_ref: ModelRef, processor: Any, report: dict[str, Any],
-                 state: RunState) -> MemoryPlan:
-    """The memory plan, checked against this GPU. A first attempt that does not fit is a setting to change (exit 2);
-    a managed job's restart that does not fit landed on a smaller GPU of the YAML's set than its first attempt
-    had: exit 76, which the YAMLs recover on (onto another machine), instead of 2, which would end the run."""
+                 state: RunState, judge: Judge | None = None) -> MemoryPlan:
+    """The memory plan (with DPO_JUDGE=model's judge beside the policy), checked against this GPU. A first attempt
+    that does not fit is a setting to change (exit 2); a managed job's restart that does not fit landed on a smaller
+    GPU of the YAML's set than its first attempt had: exit 76, which the YAMLs recover on (onto another machine),
+    instead of 2, which would end the run."""
     try:
-        return check_memory(settings, model_ref, processor, report)
+        return check_memory(settings, model_ref, processor, report,
+                            judge.beside(settings.quantization) if judge else None)
     except DoesNotFit as exc:
         if state.earlier and os.environ.get("SKYPILOT_TASK_ID"):
             raise RecoverElsewhere(f"{exc}; an earlier attempt of this managed job trained on another GPU, so "
@@ -263,22 +272,29 @@ def train(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, processor
 
 
 def train_in_rounds(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, processor: Any, data: PreparedData,
-                    args: DPOConfig, ranks: PartialState, state: RunState) -> Training:
+                    args: DPOConfig, ranks: PartialState, state: RunState, record: dict[str, Any]) -> Training:
     """DPO_ROUNDS: the on-policy rounds (onpolicy/rounds.py), each round's checkpoints under its own folder; the last
-    round's adapter is the run's. Preempted (exit 75) when SIGTERM stopped a round's training after saving."""
+    round's adapter is the run's. With wandb, one run for every round (the Trainer's callback opens it in round 1)
+    and a point a round (`round/*`). Preempted (exit 75) when SIGTERM stopped a round's training after saving."""
     from entrypoint.onpolicy.rounds import run_rounds
-    from entrypoint.training.callbacks import CheckpointCallback, ProgressLogCallback
+    from entrypoint.training.callbacks import CheckpointCallback, ProgressLogCallback, SettingsToWandb
 
     if settings.judge == "ground-truth" and not FORMATS[data.report["format"]].ground_truth:  # before any model
         holding = ", ".join(name for name, fmt in FORMATS.items() if fmt.ground_truth)
         raise ConfigError(f"DPO_ROUNDS={settings.rounds} with DPO_JUDGE=ground-truth needs a dataset format that holds "
                           f"each prompt's right answer ({holding}); DPO_DATASET is {data.report['format']}")
 
+    tracked = settings.report_to == "wandb"
+    if tracked:
+        setup_wandb(paths.run_name)
+
     def callbacks_for(root: Path, resumed_from: Path | None) -> list[Any]:
-        return [CheckpointCallback(root, settings.save_total_limit, resumed_from), ProgressLogCallback()]
+        callbacks = [CheckpointCallback(root, settings.save_total_limit, resumed_from), ProgressLogCallback()]
+        return [*callbacks, SettingsToWandb(public_dict(settings), record)] if tracked else callbacks
 
     outcome = run_rounds(settings, paths.checkpoint_dir, model_ref, model_ref.family, processor, data, args, state,
-                         ranks.is_main_process, ranks.process_index, ranks.num_processes, callbacks_for)
+                         ranks.is_main_process, ranks.process_index, ranks.num_processes, callbacks_for,
+                         on_round=log_round if tracked and ranks.is_main_process else None)
     outcome.trainer.save_adapter(paths.adapter_dir)
     return Training(outcome.trainer, {}, outcome.result, outcome.resumed_from, outcome.seconds, outcome.rounds)
 
@@ -301,7 +317,7 @@ def write(settings: JobSettings, paths: RunPaths, model_ref: ModelRef, processor
         free_memory()
         write_merged(paths.adapter_dir, model_ref, settings, processor, paths.merged_dir)
     load_kwargs = model_overrides(model_ref.family, processor) if settings.max_image_tiles else {}
-    write_results(settings, paths, model_ref, args.to_dict(), data.report, metrics, load_kwargs, record)
+    write_results(settings, paths, model_ref, args.to_dict(), data.report, metrics, load_kwargs, record, data.train)
 
 
 # ---- publish, and what the log ends with

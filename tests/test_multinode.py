@@ -267,3 +267,22 @@ def test_a_store_that_stops_answering_means_the_main_node_was_lost():
     store.failing = True
     time.sleep(1.5)
     assert len(lost) == 1 and "the main node was lost" in lost[0]
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_rounds_sampling_and_draw_what_one_process_draws(tmp_path, cache_dir):
+    """On-policy rounds on 2 ranks: each samples every other prompt, and rank 0 keeps them all; each prompt's own
+    seed makes its samples those 1 process draws. Both ranks train each round on the kept pairs and agree at every
+    collective (sampling, judging on rank 0, the held-out score), or this hangs."""
+    settings = dict(rounds="2", max_steps="2", save_steps="100", max_samples="12", samples_per_prompt="2",
+                    sample_max_new_tokens="4", mix_dataset_pairs="true", eval_generations="0", eval_fraction="0.2",
+                    dataset="sample:vqa-rad")
+    two, one = tmp_path / "two", tmp_path / "one"
+    node = Node(tmp_path / "n2", 0, 1, 2, _free_port(), cache_dir, two, two / "checkpoints", **settings).start()
+    assert node.wait() == 0, node.log[-3000:]
+    alone = Node(tmp_path / "n1", 0, 1, 1, _free_port(), cache_dir, one, one / "checkpoints",
+                 **{**settings, "rounds": "1"}).start()
+    assert alone.wait() == 0, alone.log[-3000:]
+    drawn = [(output / "checkpoints" / "rounds" / "1" / "drawn.jsonl").read_text() for output in (two, one)]
+    assert drawn[0] == drawn[1] and len(drawn[0].splitlines()) == 10
+    assert [r["round"] for r in json.loads((two / "metrics.json").read_text())["rounds"]] == [1, 2]

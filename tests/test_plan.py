@@ -211,6 +211,7 @@ def test_every_gpu_a_sky_yaml_may_recover_onto_fits_its_settings(yaml_file, tmp_
     from entrypoint.models.shapes import build_shapes
     from entrypoint.planning.cost import GPUS
     from entrypoint.planning.memory import plan_for_run
+    from entrypoint.planning.rounds import judge_model
 
     task = yaml.safe_load((ROOT / "sky" / yaml_file).read_text())
     envs = {k: str(v) for k, v in task["envs"].items() if k.startswith("DPO_") and v not in (None, "")}
@@ -221,10 +222,17 @@ def test_every_gpu_a_sky_yaml_may_recover_onto_fits_its_settings(yaml_file, tmp_
     for key, value in {**envs, "DPO_MODEL": str(model_dir)}.items():
         monkeypatch.setenv(key, value)
     settings, model = load_settings(), ModelRef(str(model_dir), FAMILIES[family])
+    if settings.judge == "model":  # the judge beside the policy: the published checkpoint's size, as the model's
+        assert settings.judge_model == envs["DPO_MODEL"], "a judge of another size needs its config.json here"
+        monkeypatch.setenv("DPO_JUDGE_MODEL", str(model_dir))
+        settings = load_settings()
     processor = load_processor(model, settings.max_image_tiles, settings.image_max_pixels)
     _, plan, _ = plan_for_run(settings, model, processor, None)
+    judge = judge_model(settings, cache_dir)
+    if judge:
+        plan = replace(plan, beside_gib=judge.weights_gib)
     gpus = [name.split(":")[0] for name in task["resources"]["accelerators"]]
-    assert {gpu: plan.fits(GPUS[gpu].usable_gib) for gpu in gpus} == dict.fromkeys(gpus, True), plan.with_context
+    assert {gpu: plan.fits(GPUS[gpu].usable_gib) for gpu in gpus} == dict.fromkeys(gpus, True), plan.device_gib
 
 
 def test_a_restart_on_a_gpu_too_small_asks_for_recovery_elsewhere(full_size_model_dir, monkeypatch, tmp_path):
@@ -257,3 +265,17 @@ def test_a_restart_on_a_gpu_too_small_asks_for_recovery_elsewhere(full_size_mode
     monkeypatch.setattr("entrypoint.job.run", recover_elsewhere)
     monkeypatch.setenv("DPO_OUTPUT_DIR", str(tmp_path / "run"))
     assert main([]) == EXIT_RECOVER_ELSEWHERE == 76  # what the YAMLs' recover_on_exit_codes name
+
+
+def test_the_gpu_memory_planned_against_is_what_this_process_can_have_not_the_cards_total(monkeypatch):
+    """A vLLM server beside the job (sky/rlaif_v_onpolicy_vllm.yaml) holds its share of the card from its start: the
+    plan counts what is free, plus what this process's torch already holds (the out-of-memory message, mid-run)."""
+    import torch
+
+    from entrypoint.planning.memory import GIB, device_memory_gib
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(44 * GIB), int(80 * GIB)))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: int(6 * GIB))
+    assert device_memory_gib() == 50.0

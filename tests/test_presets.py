@@ -29,6 +29,11 @@ IDEAS = {
                          "lora_vision": False},
     "qwen2.5-vl-mpo": {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "dataset": "openbmb/RLAIF-V-Dataset",
                        **MPO, "image_max_pixels": 1024 * 28 * 28},
+    # RLAIF-V's loop (../shared/NOTES.md): 4 rounds, 10 samples a prompt, claims judged by an open VLM, beta 0.1,
+    # LoRA lr 1e-5
+    "rlaif-v-onpolicy": {"model": "llava-hf/llava-v1.6-mistral-7b-hf", "dataset": "openbmb/RLAIF-V-Dataset",
+                         "rounds": 4, "samples_per_prompt": 10, "judge": "model",
+                         "judge_model": "llava-hf/llava-v1.6-mistral-7b-hf", "beta": 0.1, "learning_rate": 1e-5},
 }
 TINY_RUN = dict(model="tiny:llava-next", dataset="sample:rlaif-v", max_samples="24", max_steps="3",
                 per_device_train_batch_size="4", gradient_accumulation_steps="1", learning_rate="5e-3",

@@ -172,3 +172,47 @@ def test_a_grouped_split_is_shown_side_by_side_with_what_both_sides_hold(tmp_pat
     assert [(side, re.findall(r">([^<]*)<", cells)[::2]) for side, cells in rows] == [
         ("train", ["36", "9", "9", "30"]), ("eval", ["12", "3", "3", "11"]), ("on both sides", ["—", "—", "0", "0"])]
     assert "the eval split of sample:rlaif-v: 12 pairs in 3 groups, held out by image and prompt: 0 images" in html
+
+
+def test_the_on_policy_rounds_table_and_example_pairs_with_their_images_and_claims(tmp_path):
+    """Rounds kept as rounds.py keeps them (JSON lines in the checkpoint dir), copied and fingerprinted by
+    results/rounds.py, their example pairs shown with the prompt's image and the model judge's verdicts."""
+    import json
+
+    from entrypoint.data.formats import make_pair
+    from entrypoint.results.rounds import keep_rounds, round_examples
+    from entrypoint.run.outputs import sha256_file, write_manifest
+
+    checkpoints, run_dir = tmp_path / "checkpoints", tmp_path / "run"
+    prompts = [make_pair(f"Describe image {i}.", "a", "b", [Image.new("RGB", (640, 480), colour)])
+               for i, colour in enumerate(["red", "navy", "green", "gray"])]
+    claim = {"claim": "There is a red square.", "question": "Is there a red square? Please answer yes or no.",
+             "p_yes": 0.91, "true": True}
+    wrong = {**claim, "claim": "There is a cat.", "p_yes": 0.12, "true": False}
+    samples = [{"prompt": i, "samples": ["A red square.", "A cat."], "scores": [0.0, -1.0],
+                "verdicts": [[{"score": 0.0, "claims": [claim]}, {"score": -1.0, "claims": [wrong]}][k]
+                             for k in range(2)]} for i in range(4)]
+    pairs = [{"prompt": i, "chosen": "A red square.", "rejected": "A cat.", "chosen_score": 0.0,
+              "rejected_score": -1.0 - i} for i in range(4)]
+    for r in (1, 2):
+        (checkpoints / "rounds" / str(r)).mkdir(parents=True)
+        for name, records in (("samples.jsonl", samples), ("pairs.jsonl", pairs)):
+            (checkpoints / "rounds" / str(r) / name).write_text("".join(json.dumps(x) + "\n" for x in records))
+    rounds = [{"round": r, "prompts": 4, "samples": 8, "pairs": 4, "mean_score": -0.5, "heldout_base": 0.25,
+               "heldout_mean_score": 0.5 * r, "global_step": 4 * r} for r in (1, 2)]
+    kept = keep_rounds(checkpoints, run_dir, rounds)
+    assert kept["2"] == {"path": "rounds/2/pairs.jsonl", "pairs": 4,
+                         "sha256": sha256_file(checkpoints / "rounds" / "2" / "pairs.jsonl")}
+    examples = round_examples(run_dir, prompts, rounds)
+    assert [e["prompt_index"] for e in examples[1]] == [3, 2, 1]  # the widest score gaps, 3 a round
+    html = write_report(run_dir / "report.html", run_name="rounds", settings=SETTINGS, data_report=DATA_REPORT,
+                        metrics={"rounds": rounds}, plots=[], run_dir=run_dir, round_examples=examples).read_text()
+    rows = re.findall(r'<tr class="round">(.*?)</tr>', html)
+    assert [re.findall(r">([^<]*)<", row)[::2] for row in rows] == [["1", "4", "8", "4", "-0.5000", "0.5000", "4"],
+                                                                   ["2", "4", "8", "4", "-0.5000", "1.0000", "8"]]
+    assert "before round 1: 0.2500" in html
+    assert html.count('<tr class="round-pair">') == 6 and html.count('src="data:image/jpeg;base64,') == 6
+    assert "Describe image 3." in html and "score -4.0000" in html
+    assert html.count('<tr class="false"><td>There is a cat.</td><td class="num">0.1200</td>') == 6
+    files = {entry["path"] for entry in write_manifest(run_dir, "rounds")["files"]}
+    assert {"rounds/1/pairs.jsonl", "rounds/1/samples.jsonl", "rounds/2/pairs.jsonl", "rounds/1/images/3.jpg"} <= files

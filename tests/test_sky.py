@@ -58,7 +58,8 @@ def loaded(tmp_path_factory) -> dict[str, dict]:
 
 def test_there_is_a_main_task_a_multinode_one_and_the_presets():
     assert {p.name for p in YAMLS} >= {"llava_next.yaml", "llava_next_multinode.yaml", "vqa_rad.yaml",
-                                      "idefics2.yaml"}
+                                      "idefics2.yaml", "rlaif_v_onpolicy.yaml",
+                                      "rlaif_v_onpolicy_vllm.yaml"}
 
 
 def test_the_loader_rejects_a_typo_and_a_missing_bucket(tmp_path):
@@ -141,3 +142,24 @@ def test_the_image_variant_is_its_venv_task_in_the_image_ci_builds_pinned_by_dig
     # SkyPilot prepares the container with apt-get, as root; NCCL needs more /dev/shm than Docker's 64 MiB
     assert "run_options: [--user=root, --shm-size=16g]" in text
 
+
+
+def test_the_vllm_task_serves_where_the_job_samples_with_the_adapters_the_job_loads(loaded, monkeypatch):
+    """sky/rlaif_v_onpolicy_vllm.yaml: vLLM, in a venv of its own, listens where DPO_SAMPLER_URL points, takes LoRA
+    adapters at run time of at least the job's rank, and is up before the job starts."""
+    from entrypoint.config.settings import load_settings
+
+    task = loaded[str(ROOT / "sky" / "rlaif_v_onpolicy_vllm.yaml")]
+    envs, run = task["envs"], task["run"]
+    for key, value in envs.items():
+        if key.startswith("DPO_"):
+            monkeypatch.setenv(key, value)
+    settings = load_settings()  # the preset's values under the YAML's
+    assert settings.sampler == "openai" and settings.rounds > 0
+    port = re.fullmatch(r"http://localhost:(\d+)/v1", settings.sampler_url).group(1)
+    serve = run[run.index("vllm serve"):run.index("&\n")]
+    assert f"--port {port}" in serve and f"localhost:{port}/health" in run and "--enable-lora" in serve
+    assert int(re.search(r"--max-lora-rank (\d+)", serve).group(1)) >= settings.lora_r
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in run and "VLLM_GPU_MEMORY_UTILIZATION" in serve
+    assert re.fullmatch(r"\d+\.\d+\.\d+", envs["VLLM_VERSION"]) and 'vllm==$VLLM_VERSION' in SETUP.read_text()
+    assert run.index("/health") < run.index("entrypoint.launch")

@@ -204,3 +204,27 @@ def test_base_vs_tuned_and_the_samples_with_their_images_go_to_wandb(tmp_path, m
     image = table["data"][0][0]
     assert image["_type"] == "image-file" and (image["width"], image["height"]) == (40, 30)
     assert Image.open(entries["0.jpg"].local_path).size == (40, 30) and table["data"][1][0] is None
+
+
+def test_a_point_a_round_in_an_offline_wandb_run(tmp_path, monkeypatch):
+    """job.py's on_round (log_round) into a real offline run: one history row a round, on the `round` axis."""
+    import wandb
+
+    from entrypoint.training.tracking import log_round, round_point
+
+    assert round_point({"round": 1, "mean_score": 0.25, "pairs": 7, "heldout_mean_score": None}) == {
+        "round/mean_score": 0.25, "round/pairs": 7, "round": 1}  # no held-out prompts: no held-out figure
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(name, value)
+    log_round({"round": 1, "mean_score": 0.5, "pairs": 3, "heldout_mean_score": 0.0})  # no run open: nothing
+    wandb.init(project="dpo-job-test", dir=str(tmp_path), mode="offline")  # wandb keeps an earlier test's setup
+    for r in (1, 2):
+        log_round({"round": r, "prompts": 4, "samples": 16, "pairs": 3 + r, "mean_score": 0.25 * r,
+                   "heldout_base": 0.0, "heldout_mean_score": 0.5 * r, "global_step": 8 * r})
+    wandb.finish()
+    [path] = (tmp_path / "wandb").glob("offline-run-*/*.wandb")
+    rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            for record in wandb_records(path) if record.WhichOneof("record_type") == "history"]
+    points = [{k: v for k, v in row.items() if k.startswith("round")} for row in rows]
+    assert points == [{"round/mean_score": 0.25, "round/pairs": 4, "round/heldout_mean_score": 0.5, "round": 1},
+                      {"round/mean_score": 0.5, "round/pairs": 5, "round/heldout_mean_score": 1.0, "round": 2}]

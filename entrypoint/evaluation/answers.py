@@ -133,12 +133,17 @@ def sample_rows(pairs: Any, answers: dict[str, list[str]], count: int, run_dir: 
 
 
 def _save_image(pair: dict[str, Any], run_dir: Path, index: int) -> str | None:
+    return save_image(pair, run_dir, f"{SAMPLES_DIR}/{index}.jpg")
+
+
+def save_image(pair: dict[str, Any], run_dir: Path, relative: str) -> str | None:
+    """The pair's first image as a JPEG of at most SAMPLE_IMAGE_PX a side at `relative` under `run_dir`; returns
+    `relative`, or None for a text pair."""
     images = pair.get("images") or []
     if not images:
         return None
     image = images[0].convert("RGB")
     image.thumbnail((SAMPLE_IMAGE_PX, SAMPLE_IMAGE_PX))
-    relative = f"{SAMPLES_DIR}/{index}.jpg"
-    (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+    (run_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     image.save(run_dir / relative, quality=90)
     return relative

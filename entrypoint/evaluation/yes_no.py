@@ -58,7 +58,7 @@ def answer_tokens(tokenizer: Any) -> AnswerTokens:
 
 # ---- the model's P(yes) against P(no)
 
-def _inputs(processor: Any, rows: list[dict[str, Any]]) -> Any:
+def question_inputs(processor: Any, rows: list[dict[str, Any]]) -> Any:
     """One batch, padded on the right: every question's own tokens at positions 0..n-1, exactly as unbatched."""
     prompts = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
                for row in rows]
@@ -72,7 +72,7 @@ def _inputs(processor: Any, rows: list[dict[str, Any]]) -> Any:
         tokenizer.padding_side = side
 
 
-def _yes_margin(model: Any, inputs: Any, tokens: AnswerTokens) -> Any:
+def yes_margin(model: Any, inputs: Any, tokens: AnswerTokens) -> Any:
     """log P(yes) - log P(no) for each question, from the logits at its last prompt token."""
     import torch
 
@@ -82,6 +82,9 @@ def _yes_margin(model: Any, inputs: Any, tokens: AnswerTokens) -> Any:
     logits = logits[torch.arange(len(last), device=logits.device), torch.searchsorted(positions, last)].float()
     # log P(yes) - log P(no): the softmax's normaliser is the same for both, so it cancels
     return torch.logsumexp(logits[:, list(tokens.yes)], dim=-1) - torch.logsumexp(logits[:, list(tokens.no)], dim=-1)
+
+
+_inputs, _yes_margin = question_inputs, yes_margin  # their earlier, private names
 
 
 def yes_margins(model: Any, processor: Any, pairs: Any, batch_size: int,
@@ -98,10 +101,10 @@ def yes_margins(model: Any, processor: Any, pairs: Any, batch_size: int,
     with torch.no_grad(), progress("evaluation: yes/no questions", len(pairs), "questions") as advance:
         for start in range(0, len(pairs), batch_size):
             rows = list(pairs.select(range(start, min(start + batch_size, len(pairs)))))  # images decoded
-            inputs = _inputs(processor, rows).to(model.device)
+            inputs = question_inputs(processor, rows).to(model.device)
             for name, adapter in (("base", model.disable_adapter()), ("tuned", contextlib.nullcontext())):
                 with adapter, autocast():
-                    margins[name] += _yes_margin(model, inputs, tokens).cpu().tolist()
+                    margins[name] += yes_margin(model, inputs, tokens).cpu().tolist()
             advance(len(rows))
     model.train(was_training)
     return margins

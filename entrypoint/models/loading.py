@@ -34,28 +34,30 @@ class ModelRef:
     config_file: Path | None = None  # its config.json on disk (for a Hub id, the copy fetched by resolve_model)
 
 
-def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: Path) -> ModelRef:
-    """Check the model exists and learn its family, without loading weights.
+def resolve_model(ref: str, family_name: str, revision: str | None, cache_dir: Path,
+                  setting: str = "DPO_MODEL") -> ModelRef:
+    """Check the model exists and learn its family, without loading weights; `setting` names it in messages
+    (DPO_JUDGE_MODEL for the on-policy rounds' judge).
 
     `tiny:` and `shapes:` models are built into a model directory, then go the way any local directory goes:
     the family from its config.json (or DPO_MODEL_FAMILY), the same loading code."""
     stands_for = None
     if is_built_offline(ref):
-        ref, stands_for = _built_offline(ref, cache_dir)
+        ref, stands_for = _built_offline(ref, cache_dir, setting)
     if looks_local(ref):
         path = Path(ref).expanduser()
         if not (path / "config.json").is_file():
-            raise ConfigError(f"DPO_MODEL={ref}: no such model directory (no config.json in {path})")
+            raise ConfigError(f"{setting}={ref}: no such model directory (no config.json in {path})")
         config = path / "config.json"
         source = str(path)
     else:
-        config = _hub_config(ref, revision)
+        config = _hub_config(ref, revision, setting)
         source = ref
     family = FAMILIES[family_name] if family_name != "auto" else family_from_config(config)
     return ModelRef(source, family, revision, stands_for=stands_for, config_file=config)
 
 
-def _built_offline(ref: str, cache_dir: Path) -> tuple[str, str | None]:
+def _built_offline(ref: str, cache_dir: Path, setting: str = "DPO_MODEL") -> tuple[str, str | None]:
     """`tiny:<family>` or `shapes:<family>`, built into the cache on first use: its model directory, and for a
     `shapes:` model the published checkpoint it stands for."""
     from entrypoint.models.published import PUBLISHED
@@ -65,7 +67,7 @@ def _built_offline(ref: str, cache_dir: Path) -> tuple[str, str | None]:
     kind, _, name = ref.partition(":")
     families, build = (TINY_FAMILIES, build_tiny) if kind == "tiny" else (SHAPES_FAMILIES, build_shapes)
     if name not in families:
-        raise ConfigError(f"DPO_MODEL={ref!r}: unknown {kind} model; choose from "
+        raise ConfigError(f"{setting}={ref!r}: unknown {kind} model; choose from "
                           f"{', '.join(f'{kind}:{f}' for f in families)}")
     return str(build(name, cache_dir / kind / name)), PUBLISHED[name].repo if kind == "shapes" else None
 
@@ -84,13 +86,13 @@ def config_path(model: ModelRef) -> Path:
     return model.config_file or Path(model.source) / "config.json"
 
 
-def _hub_config(repo_id: str, revision: str | None) -> Path:
+def _hub_config(repo_id: str, revision: str | None, setting: str = "DPO_MODEL") -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id, "config.json", revision=revision, token=hub.token()))
     except Exception as exc:  # noqa: BLE001 - not found, gated, offline: the user's to fix
-        raise ConfigError(f"DPO_MODEL={repo_id}: cannot read its config.json from the Hub "
+        raise ConfigError(f"{setting}={repo_id}: cannot read its config.json from the Hub "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint.config.settings import JobSettings
-from entrypoint.data.formats import message_text
 from entrypoint.errors import NoTrainingData, Preempted
 from entrypoint.evaluation.answers import generate_answer
 from entrypoint.models.families import Family
@@ -48,6 +47,21 @@ class RoundsOutcome:
     rounds: list[dict[str, Any]]  # metrics.json's "rounds"
     resumed_from: Path | None
     seconds: float
+
+
+def check_round_settings(settings: JobSettings, cache_dir: Path) -> None:
+    """What DPO_ROUNDS' sampler and judge need, before any model is loaded (exit 2): the endpoints' URLs, the judge
+    model named and found."""
+    if not settings.rounds:
+        return
+    from entrypoint.models.loading import resolve_model
+    from entrypoint.onpolicy.claims import judge_model_check
+    from entrypoint.onpolicy.endpoint import check_endpoint_settings
+
+    check_endpoint_settings(settings)
+    judge_model_check(settings)
+    if settings.judge == "model":
+        resolve_model(settings.judge_model, "auto", None, cache_dir, "DPO_JUDGE_MODEL")
 
 
 def round_dir(checkpoint_dir: Path, round_: int) -> Path:
@@ -116,8 +130,11 @@ def run_rounds(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, fami
                data: Any, args: Any, state: RunState, is_main: bool, rank: int, world: int,
                callbacks_for: Any, on_round: Any = None) -> RoundsOutcome:
     """Every round in turn (module docstring); `callbacks_for(root, resumed_from)`: the Trainer callbacks for a round
-    whose checkpoints live in `root`; `on_round(summary)`, if given, after each round this attempt runs (wandb). A round finished on an earlier attempt is not run again, except the last,
-    whose trainer the evaluation after training needs (its training resumes at its last step: nothing is redone)."""
+    whose checkpoints live in `root`; `on_round(summary)`, if given, after each round this attempt runs (wandb). A
+    round finished on an earlier attempt is not run again, except the last, whose trainer the evaluation after
+    training needs (its training resumes at its last step: nothing is redone)."""
+    from entrypoint.training.merge import free_memory
+
     started, done, heldout_base, outcome = time.perf_counter(), [], None, None
     judge = make_judge(settings, processor)  # loads nothing until it first scores
     for round_ in range(1, settings.rounds + 1):
@@ -126,9 +143,10 @@ def run_rounds(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, fami
             done.append(recorded)
             heldout_base = recorded["heldout_base"]
             continue
-        trainer, result, resumed_from, summary = _round(settings, checkpoint_dir, model_ref, family, processor, data,
-                                                        args, is_main, rank, world, callbacks_for, round_,
-                                                        heldout_base, judge)
+        outcome = None  # the previous round's trainer (its model, optimizer state) goes before this round loads
+        free_memory()
+        *outcome, summary = _round(settings, checkpoint_dir, model_ref, family, processor, data, args, is_main, rank,
+                                   world, callbacks_for, round_, heldout_base, judge)
         heldout_base = summary["heldout_base"]
         done.append(summary)
         state.mark(f"round-{round_}", summary)
@@ -137,7 +155,6 @@ def run_rounds(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, fami
         log.info("round %d: %d prompts, %d pairs, mean score of samples %.3f, held-out %s (before round 1: %s)",
                  round_, summary["prompts"], summary["pairs"], summary["mean_score"], summary["heldout_mean_score"],
                  heldout_base)
-        outcome = (trainer, result, resumed_from)
     judge.close()
     trainer, result, resumed_from = outcome
     return RoundsOutcome(trainer, result, done, resumed_from, time.perf_counter() - started)

@@ -31,6 +31,10 @@ does to memory, line by line:
 - the CUDA context and the allocator's slack: a fixed 1 GiB plus 5%.
 - DPO_MERGE=1, after training (its memory freed first): the base model dequantized to bf16, 2 bytes a
   parameter, merged in place (`merge_gib`).
+- DPO_ROUNDS with DPO_JUDGE=model: the judge model, a second model loaded at the first round's judging and held to the
+  end of the rounds (onpolicy/claims.py), so beside the policy while it trains: its weights as loaded for inference
+  (`loaded_weights`: the quantized layers as above, the rest in the bf16 compute dtype: no k-bit preparation), its
+  activations (one yes/no question's forward at a time, no grad) left out. `MemoryPlan.beside_gib`.
 
 The plan assumes bf16 compute (every GPU the YAMLs rent has it) and each device holding the whole
 model (DDP). `bench/bench_gpu.py` prints it next to the measured peak.
@@ -157,9 +161,16 @@ class MemoryPlan:
     workload: Workload
     parts: Activations  # the activations' parts, in bytes
     layout: Layout = LLAVA  # what `reductions` plans the same model again with
+    beside_gib: float = 0.0  # another model's weights on the same GPU for the whole run (DPO_JUDGE=model's judge)
+    beside: str = ""  # what that model is, for the log
+
+    @property
+    def device_gib(self) -> float:
+        """What the device must hold: the policy's plan with the CUDA context, and the model beside it."""
+        return self.with_context + self.beside_gib
 
     def fits(self, usable_gib: float) -> bool:
-        return self.with_context <= usable_gib
+        return self.device_gib <= usable_gib
 
     def fitting_gpus(self) -> list[str]:
         return [name for name, usable in GPUS.items() if self.fits(usable)]
@@ -198,13 +209,21 @@ def layout(config: Any, family: Any) -> Layout:
                   tower_layers)
 
 
-def _weights(arch: Architecture, quantization: str) -> float:
+def _weights(arch: Architecture, quantization: str, other_bytes: int = FP32) -> float:
+    """Bytes of the weights: the quantized linear layers as bitsandbytes holds them, every other parameter at
+    `other_bytes` (fp32 once k-bit preparation upcast them for training)."""
     other = arch.params - arch.quantized
     if quantization == "4bit":
-        return arch.quantized * _NF4_BYTES + other * FP32
+        return arch.quantized * _NF4_BYTES + other * other_bytes
     if quantization == "8bit":
-        return arch.quantized * 1.0 + other * FP32
+        return arch.quantized * 1.0 + other * other_bytes
     return arch.params * ACT
+
+
+def loaded_weights(arch: Architecture, quantization: str) -> float:
+    """GiB of a model loaded for inference only (models/loading.py's load_model, no k-bit preparation): the quantized
+    layers as in training, every other parameter in the bf16 compute dtype."""
+    return _weights(arch, quantization, other_bytes=ACT) / GIB
 
 
 def _adapter_and_optimizer(arch: Architecture) -> float:
@@ -367,6 +386,9 @@ def describe(plan: MemoryPlan, arch: Architecture, quantization: str, p95: Memor
                  f"{f' + {parts.vision_kept / GIB:.2f} GiB of images ({images})' if parts.vision_kept else ''}")
     if p95 is not None:
         lines.append(f"  at the p95 pair ({p95.workload.length} tokens): {p95.with_context:.1f} GiB")
+    if plan.beside_gib:
+        lines.append(f"  beside the policy, {plan.beside}: {plan.beside_gib:.1f} GiB of weights, "
+                     f"{plan.device_gib:.1f} GiB in all")
     lines.append(f"  fits: {', '.join(fits) if fits else 'none of ' + ', '.join(GPUS)}")
     return lines
 
@@ -375,7 +397,9 @@ def as_dict(plan: MemoryPlan) -> dict[str, Any]:
     """For metrics.json and the bench: GiB, rounded."""
     return {"weights_gib": round(plan.weights, 3), "adapter_and_optimizer_gib": round(plan.adapter_and_optimizer, 3),
             "activations_gib": round(plan.activations, 3), "peak_gib": round(plan.total, 3),
-            "with_context_gib": round(plan.with_context, 3), "batch": plan.workload.batch,
+            "with_context_gib": round(plan.with_context, 3),
+            **({"beside_gib": round(plan.beside_gib, 3), "beside": plan.beside} if plan.beside_gib else {}),
+            "batch": plan.workload.batch,
             "length": plan.workload.length, "fits": plan.fitting_gpus()}
 
 
@@ -431,12 +455,15 @@ def plan_for_run(settings: Any, model: Any, processor: Any, tokens: dict[str, An
 
 
 def device_memory_gib() -> float | None:
-    """This process's GPU's memory (None on a CPU)."""
+    """The memory this process can have on its GPU (None on a CPU): what is free plus what its torch already holds,
+    not the card's total. Another process's share is not this run's: a vLLM server beside the job on the same GPU
+    (sky/rlaif_v_onpolicy_vllm.yaml: DPO_SAMPLER=openai) holds its --gpu-memory-utilization from its start."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+    free, _ = torch.cuda.mem_get_info(torch.cuda.current_device())
+    return (free + torch.cuda.memory_reserved(torch.cuda.current_device())) / GIB
 
 
 def peak_allocated_gib() -> float | None:
@@ -460,9 +487,22 @@ def _check_merge(settings: Any, arch: Architecture, device: float | None) -> Non
         log.warning(message)
 
 
-def check_memory(settings: JobSettings, model_ref: ModelRef, processor: Any, report: dict[str, Any]) -> MemoryPlan:
-    """Log the memory plan; on a GPU it does not fit, refuse to start (DPO_MEMORY_CHECK=false starts anyway)."""
+@dataclass(frozen=True)
+class Beside:
+    """Another model on the policy's GPU for the whole run: DPO_JUDGE=model's judge (planning/rounds.py)."""
+
+    what: str  # for the log: "the judge DPO_JUDGE_MODEL=... (7.57B parameters, 4bit)"
+    gib: float  # its weights
+    fix: str  # the settings that take it off this GPU
+
+
+def check_memory(settings: JobSettings, model_ref: ModelRef, processor: Any, report: dict[str, Any],
+                 beside: Beside | None = None) -> MemoryPlan:
+    """Log the memory plan; on a GPU it does not fit, refuse to start (DPO_MEMORY_CHECK=false starts anyway).
+    `beside`: another model's weights the GPU holds beside the policy's plan (the on-policy rounds' judge)."""
     arch, plan, at_p95 = plan_for_run(settings, model_ref, processor, report.get("tokens"))
+    if beside:
+        plan, at_p95 = (replace(p, beside_gib=beside.gib, beside=beside.what) for p in (plan, at_p95))
     for line in describe(plan, arch, settings.quantization, at_p95):
         log.info(line)
     budget = image_budget(model_ref.family, processor, settings.image_max_pixels) if model_ref.family.vision else None
@@ -478,9 +518,12 @@ def check_memory(settings: JobSettings, model_ref: ModelRef, processor: Any, rep
         _check_merge(settings, arch, device)
     if device is not None and not plan.fits(device):
         hint = fewer_tokens_hint(model_ref.family, processor) if model_ref.family.vision else None
-        fixes = "; ".join(reductions(arch, settings.quantization, plan, settings, hint))
-        message = (f"the memory plan needs {plan.with_context:.1f} GiB on each GPU, this one has {device:.1f} GiB; "
-                   f"to bring it down: {fixes}")
+        fixes = "; ".join([*reductions(arch, settings.quantization, plan, settings, hint),
+                           *([beside.fix] if beside else [])])
+        held = f" ({plan.with_context:.1f} GiB for the policy + {plan.beside_gib:.1f} GiB for {plan.beside})" \
+            if plan.beside_gib else ""
+        message = (f"the memory plan needs {plan.device_gib:.1f} GiB on each GPU{held}, this one has {device:.1f} "
+                   f"GiB; to bring it down: {fixes}")
         if settings.memory_check:
             raise DoesNotFit(message + " (DPO_MEMORY_CHECK=false starts anyway)")
         log.warning(message)

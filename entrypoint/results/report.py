@@ -153,10 +153,34 @@ def _sample_row(sample: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             "image": str(image) if image else None, "image_uri": _data_uri(run_dir / image) if image else None}
 
 
+def _claim(claim: dict[str, Any]) -> dict[str, Any]:
+    return {"claim": claim.get("claim", ""), "question": claim.get("question", ""),
+            "p_yes": _number(claim.get("p_yes")), "true": "true" if claim.get("true") else "false"}
+
+
+def _rounds(rounds: list[dict[str, Any]], examples: dict[int, list[dict[str, Any]]], run_dir: Path,
+            ) -> dict[str, Any]:
+    """metrics.json's "rounds" as a table, a round a row, and each round's example pairs (results/rounds.py)."""
+    if not rounds:
+        return {}
+    rows = [{"round": r["round"], **{key: _value(r.get(key)) for key in ("prompts", "samples", "pairs")},
+             "mean_score": _number(r.get("mean_score")), "heldout": _number(r.get("heldout_mean_score")),
+             "step": _value(r.get("global_step"))} for r in rounds]
+    shown = []
+    for round_, pairs in sorted(examples.items()):
+        shown.append({"round": round_, "pairs": [
+            {**{key: pair.get(key) or "" for key in ("prompt", "chosen", "rejected")},
+             "chosen_score": _number(pair.get("chosen_score")), "rejected_score": _number(pair.get("rejected_score")),
+             "image": pair.get("image"), "image_uri": _data_uri(run_dir / pair["image"]) if pair.get("image") else None,
+             "chosen_claims": [_claim(c) for c in pair.get("chosen_claims") or []],
+             "rejected_claims": [_claim(c) for c in pair.get("rejected_claims") or []]} for pair in pairs]})
+    return {"rows": rows, "heldout_base": _number(rounds[0].get("heldout_base")), "examples": shown}
+
+
 def write_report(path: Path, *, run_name: str, settings: dict, data_report: dict, metrics: dict,
-                 plots: list[Path], run_dir: Path) -> Path:
-    """Render report.html to `path`: header, base vs tuned, yes/no questions, training curves, samples, data,
-    settings."""
+                 plots: list[Path], run_dir: Path, round_examples: dict[int, list[dict]] | None = None) -> Path:
+    """Render report.html to `path`: header, base vs tuned, yes/no questions, the on-policy rounds (with
+    `round_examples`, results/rounds.py), training curves, samples, data, settings."""
     # Autoescape on: prompts and answers are user data. select_autoescape() alone would leave it off for a
     # name ending in .j2, so the template's double suffix is named here.
     escape = select_autoescape(("html", "html.j2"))
@@ -169,6 +193,7 @@ def write_report(path: Path, *, run_name: str, settings: dict, data_report: dict
         evaluated_on=_evaluated_on(settings, data_report),
         comparison=_comparison_rows(metrics.get("comparison") or []),
         yes_no=_yes_no(metrics.get("yes_no") or {}),
+        rounds=_rounds(metrics.get("rounds") or [], round_examples or {}, run_dir),
         plots=[{"name": p.stem.replace("_", " "), "uri": _data_uri(p)} for p in plots],
         samples=[_sample_row(sample, run_dir) for sample in metrics.get("samples") or []],
         data=_data(data_report), split=_split(data_report.get("split") or {}),

@@ -8,6 +8,7 @@
       data_report.json    rows read, pairs made, rows dropped and why
       plots/              loss, reward accuracy, reward margin, chosen vs rejected rewards (PNG)
       samples/            the images of the sample generations in metrics.json (JPEG)
+      rounds/<r>/         DPO_ROUNDS: each round's samples.jsonl and pairs.jsonl, images of its example pairs
       report.html         one self-contained page: settings, data, curves, base vs tuned, samples
       manifest.json       written last: every other file's path, size and sha256, and what made the run
                           ("provenance": base model, data, code, environment; the run record, record.py)

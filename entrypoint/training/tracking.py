@@ -39,3 +39,22 @@ def log_evaluation(rows: list[dict[str, Any]], samples: list[dict[str, Any]], ru
         [wandb.Image(str(run_dir / s["image"])) if s.get("image") else None, *(s[c] for c in columns[1:])]
         for s in samples])
     wandb.run.log({"eval/samples": table})
+
+
+def round_point(summary: dict[str, Any]) -> dict[str, Any]:
+    """One on-policy round's point (onpolicy/rounds.py's summary), on its own `round` axis; a figure the round has
+    not got (no held-out prompts) is left out."""
+    point = {"round/mean_score": summary.get("mean_score"), "round/pairs": summary.get("pairs"),
+             "round/heldout_mean_score": summary.get("heldout_mean_score")}
+    return {**{key: value for key, value in point.items() if value is not None}, "round": summary["round"]}
+
+
+def log_round(summary: dict[str, Any]) -> None:
+    """The round's point into the wandb run the Trainer's callback opened (nothing when none is open)."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    wandb.run.define_metric("round")
+    wandb.run.define_metric("round/*", step_metric="round")  # plotted against the round, not the global step
+    wandb.run.log(round_point(summary))
