@@ -18,7 +18,7 @@ DEMO_ENV := DPO_MODEL=tiny:llava-next DPO_DATASET=sample:rlaif-v DPO_MAX_SAMPLES
 	DPO_OUTPUT_DIR=outputs/demo \
 	DPO_REPORT_TO=wandb WANDB_MODE=offline WANDB_DIR=outputs/demo-wandb WANDB_PROJECT=dpo-job-demo
 
-.PHONY: install browser demo test lint lock docs image image-smoke image-tools bench bench-quant bench-gpu bench-data bench-settings bench-encode-once package-check clean
+.PHONY: install browser demo test lint lock docs image image-smoke image-tools bench bench-quant bench-gpu bench-gpu-rounds bench-data bench-settings bench-encode-once package-check clean
 
 install: $(VENV)/.installed $(SKY_VENV)/.installed browser
 
@@ -120,6 +120,10 @@ bench-quant: $(VENV)/.installed
 # LLaVA-NeXT-Mistral-7B QLoRA DPO at 1 tile and full anyres vs the memory plan (on a CPU: the shapes: model).
 bench-gpu: $(VENV)/.installed
 	$(BIN)/python bench/bench_gpu.py
+
+# One on-policy round on the same model, judged by it: sampled tokens/s and claims/s against the rounds plan.
+bench-gpu-rounds: $(VENV)/.installed
+	$(BIN)/python bench/bench_gpu.py --rounds
 
 # Data preparation on 2,000 generated RLAIF-V photo rows: prepare() vs the seed guide's map vs decode + resize alone.
 bench-settings: $(VENV)/.installed

@@ -25,6 +25,13 @@ On a GPU it also checks what no CPU test can reach, each a line PASS or FAIL (ex
 - encoding each image once a step gives TRL's loss and gradients on CUDA, in bf16 (shapes:llava-next);
 - the job under accelerate's FSDP on one GPU (tiny:llava-next) trains, evaluates and writes a full fp32 adapter.
 All of it, model build included, fits in one prepared command of under 8 minutes on one H100/H200.
+
+    make bench-gpu-rounds (.venv/bin/python bench/bench_gpu.py --rounds)
+
+measures what the on-policy rounds' plan assumes (planning/rounds.py: 150 sampled tokens a second, one judge forward
+a claim): one round of the job (DPO_ROUNDS=1) on the same model, the same model judging (DPO_JUDGE=model), its
+samples drawn in-process; it reports sampled tokens a second, claims judged a second and the peak GPU memory against
+the plan's (training's, and sampling's with its KV cache). A separate command: about 3 minutes more on a GPU.
 """
 
 from __future__ import annotations
@@ -229,6 +236,40 @@ def check_fsdp_one_gpu(cache: Path) -> tuple[bool, str]:
     return ok, f"{len(tensors)} adapter tensors ({', '.join(dtypes)}), {moved} lora_B moved, manifest written"
 
 
+def run_rounds(model: str, args: argparse.Namespace, cache: Path, gpu: bool) -> dict[str, object]:
+    """One on-policy round of the job (module docstring): its metrics.json "rounds" entry, the claims judged, the
+    memory it took and planned."""
+    output = Path(tempfile.mkdtemp(prefix="bench-gpu-rounds-"))
+    env = {**job_env(model, None, args, cache, output), "DPO_ROUNDS": "1", "DPO_EVAL_FRACTION": "0.2",
+           "DPO_SAMPLES_PER_PROMPT": "4" if gpu else "2", "DPO_SAMPLE_MAX_NEW_TOKENS": "64" if gpu else "4",
+           "DPO_SAMPLE_TEMPERATURE": "1.0", "DPO_JUDGE": "model", "DPO_JUDGE_MODEL": model,
+           "DPO_MIX_DATASET_PAIRS": "true"}
+    result = subprocess.run([sys.executable, "-m", "entrypoint"], env=env, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"rounds job failed:\n{result.stderr[-3000:]}")
+    metrics = json.loads((output / "metrics.json").read_text())
+    samples = [json.loads(line) for line in (output / "rounds" / "1" / "samples.jsonl").read_text().splitlines()]
+    claims = sum(len(verdict["claims"]) for record in samples for verdict in record.get("verdicts", []))
+    return {"round": metrics["rounds"][0], "claims": claims, "memory": metrics["memory"]}
+
+
+def main_rounds(model: str, device: str, args: argparse.Namespace, cache: Path, gpu: bool) -> int:
+    from entrypoint.planning.rounds import DECODE_TOKENS_PER_S
+
+    row = run_rounds(model, args, cache, gpu)
+    done, memory = row["round"], row["memory"]
+    tokens_per_s = done["sampled_tokens"] / done["sampling_s"]
+    print(f"on-policy round on {device}: {done['prompts']} prompts x {done['samples'] // done['prompts']} samples")
+    print("| sampled tokens | sampling s | tokens/s (plan assumes) | claims | judging s | claims/s | "
+          "peak GiB (measured) | plan GiB (the GPU) | plan GiB while sampling |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {done['sampled_tokens']} | {done['sampling_s']:.1f} | {tokens_per_s:.1f} ({DECODE_TOKENS_PER_S:g}) | "
+          f"{row['claims']} | {done['judging_s']:.1f} | {row['claims'] / done['judging_s']:.1f} | "
+          f"{memory['peak_allocated_gib'] if memory['peak_allocated_gib'] is not None else 'n/a'} | "
+          f"{memory['plan']['device_gib']:.2f} | {memory['plan'].get('sampling_device_gib', 0):.2f} |", flush=True)
+    return 0
+
+
 def main() -> int:
     import torch
 
@@ -240,6 +281,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--liger", action="store_true", help="DPO_USE_LIGER_KERNEL=1 (needs liger-kernel installed)")
     parser.add_argument("--workdir", default=os.environ.get("BENCH_DIR", tempfile.gettempdir()))
+    parser.add_argument("--rounds", action="store_true", help="measure one on-policy round instead (docstring)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     cache = workdir / "bench-cache"
@@ -247,6 +289,8 @@ def main() -> int:
     model = str(build_full_size(workdir / "llava-next-7b-random", cache)) if gpu else "shapes:llava-next"
     device = torch.cuda.get_device_name() if gpu else "CPU (shapes:llava-next, not a GPU figure)"
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    if args.rounds:
+        return main_rounds(model, device, args, cache, gpu)
     print(f"device: {device}; model: {model}; batch {args.batch}, {args.steps} steps, 4-bit QLoRA r16")
     print("| setting | samples/s | tokens/s | pair tokens p50 | peak GiB (measured) | plan GiB | plan/measured | MFU |")
     print("|---|---|---|---|---|---|---|---|")

@@ -22,6 +22,21 @@ def test_bench_gpu_runs_both_settings_and_prints_plan_and_measure(tmp_path, cach
     assert "CPU (shapes:llava-next, not a GPU figure)" in result.stdout
 
 
+def test_bench_gpu_rounds_measures_sampling_and_judging_against_the_plan(tmp_path, cache_dir):
+    """`make bench-gpu-rounds` on a CPU: one round of the shapes model judged by itself; on a GPU the same command
+    measures the rates the rounds plan assumes."""
+    env = job_env(cache_dir, tmp_path / "unused")
+    result = subprocess.run([sys.executable, "bench/bench_gpu.py", "--rounds", "--steps", "1", "--rows", "5",
+                             "--workdir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on-policy round on CPU (shapes:llava-next, not a GPU figure): 4 prompts x 2 samples" in result.stdout
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert 4 * 2 <= int(cells[0]) <= 4 * 2 * 4  # 4 prompts x 2 samples of 1 to 4 tokens (DPO_SAMPLE_MAX_NEW_TOKENS)
+    assert cells[2].endswith("(150)") and int(cells[3]) >= 4 * 2  # one claim a sample at least
+
+
 def test_bench_data_times_ours_naive_and_floor_and_keeps_every_row(tmp_path):
     out = tmp_path / "results.json"
     env = job_env(tmp_path / "cache", tmp_path / "unused")

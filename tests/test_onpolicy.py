@@ -222,3 +222,14 @@ def test_a_journal_keeps_what_was_synced_and_drops_a_line_a_kill_cut_off(tmp_pat
     assert again.done == {3: [{"score": 1.0}], 0: [{"score": -2.0}]}  # prompt 1 is judged again
     again.add(1, [{"score": 0.5}])
     assert Journal(path).done == {3: [{"score": 1.0}], 0: [{"score": -2.0}], 1: [{"score": 0.5}]}
+
+
+def test_the_tokens_generated_count_each_row_up_to_and_with_its_first_end_of_sequence():
+    import torch
+
+    from entrypoint.onpolicy.sample import generated_tokens
+
+    rows = torch.tensor([[5, 6, 2, 0, 0], [7, 8, 9, 10, 11], [2, 0, 0, 0, 0]])  # 2 ends a sequence, 0 pads
+    assert generated_tokens(rows, 2) == 3 + 5 + 1
+    assert generated_tokens(rows, [2, 11]) == 3 + 5 + 1  # several end tokens (a chat model's turn end too)
+    assert generated_tokens(rows, [9]) == 5 + 3 + 5

@@ -17,7 +17,6 @@ from entrypoint.onpolicy.claims import (
     ModelJudge,
     claim_question,
     judge_answers,
-    judge_model_check,
     split_claims,
 )
 from entrypoint.onpolicy.journal import Journal
@@ -133,13 +132,16 @@ def test_a_judge_whose_yes_no_probabilities_are_known_gives_exact_verdicts_and_s
 
 # ---- the setting it needs
 
-def test_the_model_judge_without_a_judge_model_is_a_config_error_naming_the_setting(monkeypatch):
-    settings = settings_from(monkeypatch, DPO_DATASET="sample:vqa-rad", DPO_JUDGE="model")
+def test_the_model_judge_without_a_judge_model_is_a_config_error_naming_the_setting(monkeypatch, tmp_path):
+    from entrypoint.planning.rounds import judge_model
+
+    settings = settings_from(monkeypatch, DPO_DATASET="sample:vqa-rad", DPO_JUDGE="model", DPO_ROUNDS="1")
     with pytest.raises(ConfigError, match=r"DPO_JUDGE=model needs DPO_JUDGE_MODEL.*e\.g\. DPO_JUDGE_MODEL=\S+"):
-        judge_model_check(settings)
-    judge_model_check(settings_from(monkeypatch, DPO_JUDGE_MODEL="tiny:llava-next"))
+        judge_model(settings, tmp_path)
+    assert judge_model(settings_from(monkeypatch, DPO_JUDGE_MODEL="tiny:llava-next"), tmp_path).ref.family.name \
+        == "llava-next"
     monkeypatch.delenv("DPO_JUDGE_MODEL")
-    judge_model_check(settings_from(monkeypatch, DPO_JUDGE="ground-truth"))
+    assert judge_model(settings_from(monkeypatch, DPO_JUDGE="ground-truth"), tmp_path) is None
 
 
 # ---- the real tiny judge model

@@ -36,7 +36,6 @@ from typing import Any
 
 from entrypoint.config.settings import JobSettings
 from entrypoint.data.formats import message_text
-from entrypoint.errors import ConfigError
 from entrypoint.evaluation.yes_no import AnswerTokens, answer_tokens, question_inputs, yes_margin
 from entrypoint.logs import progress
 from entrypoint.onpolicy.journal import Journal
@@ -149,14 +148,6 @@ def judge_answers(model: Any, processor: Any, row: dict[str, Any], answers: Sequ
 
 
 # ---- the judge
-
-def judge_model_check(settings: JobSettings) -> None:
-    """DPO_JUDGE=model needs DPO_JUDGE_MODEL: found before any model is loaded (exit 2)."""
-    if settings.judge == "model" and not settings.judge_model:
-        raise ConfigError("DPO_JUDGE=model needs DPO_JUDGE_MODEL, the vision-language model that judges each claim, "
-                          "e.g. DPO_JUDGE_MODEL=llava-hf/llava-v1.6-mistral-7b-hf (a Hub id, a local path or "
-                          "tiny:<family>)")
-
 
 class ModelJudge:
     """RLAIF-V's divide-and-conquer judge on DPO_JUDGE_MODEL; the model is loaded at the first `score`."""

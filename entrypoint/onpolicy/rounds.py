@@ -54,14 +54,11 @@ def check_round_settings(settings: JobSettings, cache_dir: Path) -> None:
     model named and found."""
     if not settings.rounds:
         return
-    from entrypoint.models.loading import resolve_model
-    from entrypoint.onpolicy.claims import judge_model_check
     from entrypoint.onpolicy.endpoint import check_endpoint_settings
+    from entrypoint.planning.rounds import judge_model
 
     check_endpoint_settings(settings)
-    judge_model_check(settings)
-    if settings.judge == "model":
-        resolve_model(settings.judge_model, "auto", None, cache_dir, "DPO_JUDGE_MODEL")
+    judge_model(settings, cache_dir)
 
 
 def round_dir(checkpoint_dir: Path, round_: int) -> Path:
@@ -90,12 +87,15 @@ def journal(path: Path) -> Path:
     return path.with_name(f"{path.stem}.partial.jsonl")
 
 
-def _kept(path: Path, make: Any, is_main: bool, every_rank: bool = False) -> list[dict[str, Any]]:
+def _kept(path: Path, make: Any, is_main: bool,
+          every_rank: bool = False) -> tuple[list[dict[str, Any]], float | None]:
     """The records made once and kept in `path` (JSON lines, renamed into place whole by rank 0; or kept on an
-    earlier attempt), on every rank once its copy of the checkpoint dir shows the file. `make` runs on rank 0, or on
-    every rank when it is a collective (`every_rank`: the in-process sampler shares the prompts over the ranks), and
-    only when rank 0 finds the file missing."""
-    if peers.from_rank_0(not path.is_file()) and (is_main or every_rank):
+    earlier attempt), on every rank once its copy of the checkpoint dir shows the file, and the seconds this attempt
+    took to make them (None: made on an earlier one). `make` runs on rank 0, or on every rank when it is a
+    collective (`every_rank`: the in-process sampler shares the prompts over the ranks), and only when rank 0 finds
+    the file missing."""
+    started, made = time.perf_counter(), peers.from_rank_0(not path.is_file())
+    if made and (is_main or every_rank):
         records = make()
         if is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,14 @@ def _kept(path: Path, make: Any, is_main: bool, every_rank: bool = False) -> lis
             journal(path).unlink(missing_ok=True)  # what it journalled while being made is all in `path` now
     peers.barrier()
     peers.wait_until_visible(str(path), path.is_file)
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return records, round(time.perf_counter() - started, 3) if made else None
+
+
+def sampled_tokens(drawn: list[dict[str, Any]]) -> int | None:
+    """The tokens the in-process sampler generated in a round (None from an endpoint: its server counts them)."""
+    counts = [record.get("tokens") for record in drawn]
+    return sum(counts) if counts and None not in counts else None
 
 
 def mean(values: list[float]) -> float:
@@ -182,10 +189,10 @@ def _round(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: 
         set_peft_model_state_dict(policy, load_file(previous / "adapter_model.safetensors"))  # into the fp32 weights
     if heldout_base is None:  # round 1's policy is the base (LoRA's B starts at zero)
         heldout_base = heldout_score(policy, processor, data.eval, settings.sample_max_new_tokens, judge, is_main)
-    drawn = _kept(root / DRAWN, partial(_draw, settings, policy, processor, data.train, round_, rank, world, root,
-                                        previous), is_main, every_rank=settings.sampler == "transformers")
-    samples = _kept(root / SAMPLES, partial(_judged, judge, data.train, drawn, root, round_), is_main)
-    pairs = _kept(root / PAIRS, partial(_pairs, settings, data.train, samples, round_), is_main)
+    draw = partial(_draw, settings, policy, processor, data.train, round_, rank, world, root, previous)
+    drawn, sampling_s = _kept(root / DRAWN, draw, is_main, every_rank=settings.sampler == "transformers")
+    samples, judging_s = _kept(root / SAMPLES, partial(_judged, judge, data.train, drawn, root, round_), is_main)
+    pairs, _ = _kept(root / PAIRS, partial(_pairs, settings, data.train, samples, round_), is_main)
     trained_on = pairs_dataset(data.train, pairs)
     if settings.mix_dataset_pairs:  # the dataset's own pairs beside the round's
         import datasets
@@ -215,6 +222,7 @@ def _round(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: 
     scores = [score for record in samples for score in record["scores"]]
     summary = {"round": round_, "prompts": len(data.train), "samples": len(scores), "pairs": len(pairs),
                "mean_score": mean(scores), "heldout_base": heldout_base,
+               "sampled_tokens": sampled_tokens(drawn), "sampling_s": sampling_s, "judging_s": judging_s,
                "heldout_mean_score": heldout_score(trainer.model, processor, data.eval, settings.sample_max_new_tokens,
                                                    judge, is_main),
                "global_step": result.global_step}
@@ -229,11 +237,11 @@ def _draw(settings: JobSettings, policy: Any, processor: Any, prompts: Any, roun
         from entrypoint.onpolicy.endpoint import sample_from_endpoint
 
         drawn = sample_from_endpoint(settings, prompts, round_, adapter, Journal(journal(root / DRAWN)))
-    else:
-        drawn = sample_answers(policy, processor, prompts, seed=settings.seed, round_=round_,
-                               samples=settings.samples_per_prompt, temperature=settings.sample_temperature,
-                               max_new_tokens=settings.sample_max_new_tokens, rank=rank, world=world)
-    return [{"prompt": index, "samples": group} for index, group in enumerate(drawn)]
+        return [{"prompt": index, "samples": group} for index, group in enumerate(drawn)]
+    drawn = sample_answers(policy, processor, prompts, seed=settings.seed, round_=round_,
+                           samples=settings.samples_per_prompt, temperature=settings.sample_temperature,
+                           max_new_tokens=settings.sample_max_new_tokens, rank=rank, world=world)
+    return [{"prompt": index, "samples": group, "tokens": tokens} for index, (group, tokens) in enumerate(drawn)]
 
 
 def _judged(judge: Judge, prompts: Any, drawn: list[dict[str, Any]], root: Path, round_: int) -> list[dict[str, Any]]:

@@ -21,15 +21,29 @@ def prompt_seed(seed: int, round_: int, index: int) -> int:
     return (seed * 1_000_003 + round_ * 10_007 + index) % 2**63
 
 
+def generated_tokens(rows: Any, eos_token_id: Any) -> int:
+    """The tokens `generate` made in `rows` (the output past the prompt): each row's up to and with its first end of
+    sequence (what follows is padding, a row having ended before the batch's longest)."""
+    import torch
+
+    ends = torch.isin(rows, torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]))
+    first = torch.where(ends.any(dim=1), ends.int().argmax(dim=1) + 1, torch.full_like(ends[:, 0], rows.shape[1],
+                                                                                        dtype=torch.long))
+    return int(first.sum())
+
+
 def sample_answers(model: Any, processor: Any, prompts: Any, *, seed: int, round_: int, samples: int,
                    temperature: float, max_new_tokens: int, rank: int = 0, world: int = 1,
-                   sharded: bool = False) -> list[list[str]]:
-    """`samples` answers for each row of `prompts` (rows with `prompt` and `images`), in row order, on every rank."""
+                   sharded: bool = False) -> list[tuple[list[str], int]]:
+    """`samples` answers for each row of `prompts` (rows with `prompt` and `images`), in row order, on every rank,
+    each row's with the tokens generated for them."""
     import torch
 
     tokenizer = getattr(processor, "tokenizer", processor)
     mine = range(len(prompts)) if sharded else range(rank, len(prompts), world)
-    drawn: dict[int, list[str]] = {}
+    drawn: dict[int, tuple[list[str], int]] = {}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
     was_training = model.training
     model.eval()
     with progress(f"round {round_}: sampling", len(mine), "prompts") as advance:
@@ -41,7 +55,8 @@ def sample_answers(model: Any, processor: Any, prompts: Any, *, seed: int, round
                                         max_new_tokens=max_new_tokens, num_return_sequences=samples,
                                         pad_token_id=tokenizer.pad_token_id, synced_gpus=sharded)
             start = inputs["input_ids"].shape[1]
-            drawn[index] = [tokenizer.decode(row[start:], skip_special_tokens=True).strip() for row in output]
+            drawn[index] = ([tokenizer.decode(row[start:], skip_special_tokens=True).strip() for row in output],
+                            generated_tokens(output[:, start:], eos))
             advance(1)
     model.train(was_training)
     if not sharded:

@@ -163,11 +163,19 @@ class MemoryPlan:
     layout: Layout = LLAVA  # what `reductions` plans the same model again with
     beside_gib: float = 0.0  # another model's weights on the same GPU for the whole run (DPO_JUDGE=model's judge)
     beside: str = ""  # what that model is, for the log
+    sampling_gib: float = 0.0  # in-process sampling's KV cache and prefill, instead of training's activations
+
+    @property
+    def sampling_device_gib(self) -> float:
+        """While a round samples (no trainer yet, no training activations): the weights, the adapter (and room for
+        its optimizer's state), the context and sampling's own memory."""
+        return self.with_context - self.activations + self.sampling_gib if self.sampling_gib else 0.0
 
     @property
     def device_gib(self) -> float:
-        """What the device must hold: the policy's plan with the CUDA context, and the model beside it."""
-        return self.with_context + self.beside_gib
+        """What the device must hold: the policy's plan with the CUDA context (or, when more, what sampling needs),
+        and the model beside it."""
+        return max(self.with_context, self.sampling_device_gib) + self.beside_gib
 
     def fits(self, usable_gib: float) -> bool:
         return self.device_gib <= usable_gib
@@ -399,7 +407,9 @@ def as_dict(plan: MemoryPlan) -> dict[str, Any]:
             "activations_gib": round(plan.activations, 3), "peak_gib": round(plan.total, 3),
             "with_context_gib": round(plan.with_context, 3),
             **({"beside_gib": round(plan.beside_gib, 3), "beside": plan.beside} if plan.beside_gib else {}),
-            "batch": plan.workload.batch,
+            **({"sampling_gib": round(plan.sampling_gib, 3), "sampling_device_gib": round(plan.sampling_device_gib, 3)}
+               if plan.sampling_gib else {}),
+            "device_gib": round(plan.device_gib, 3), "batch": plan.workload.batch,
             "length": plan.workload.length, "fits": plan.fitting_gpus()}
 
 
@@ -496,13 +506,33 @@ class Beside:
     fix: str  # the settings that take it off this GPU
 
 
+def sampling_gib(arch: Architecture, settings: Any, prompt_tokens: int) -> float:
+    """In-process sampling's own memory in an on-policy round (DPO_SAMPLER=transformers, onpolicy/sample.py): one
+    prompt's DPO_SAMPLES_PER_PROMPT sequences at once (`generate` copies the prompt that many times before its
+    prefill), each prompt + DPO_SAMPLE_MAX_NEW_TOKENS long: their KV cache, K and V in bf16 in every layer, and one
+    layer's prefill working set over the copies (the MLP's two intermediate-wide tensors, four hidden-wide ones).
+    The vision tower's pass over the copied images is left out (one layer of it is smaller than the MLP's)."""
+    copies = settings.samples_per_prompt
+    kv = copies * (prompt_tokens + settings.sample_max_new_tokens) * 2 * arch.layers * arch.kv_size * ACT
+    prefill = copies * prompt_tokens * (2 * arch.intermediate_size + 4 * arch.hidden_size) * ACT
+    return (kv + prefill) / GIB
+
+
 def check_memory(settings: JobSettings, model_ref: ModelRef, processor: Any, report: dict[str, Any],
                  beside: Beside | None = None) -> MemoryPlan:
     """Log the memory plan; on a GPU it does not fit, refuse to start (DPO_MEMORY_CHECK=false starts anyway).
-    `beside`: another model's weights the GPU holds beside the policy's plan (the on-policy rounds' judge)."""
+    `beside`: another model's weights the GPU holds beside the policy's plan (the on-policy rounds' judge); with
+    DPO_ROUNDS and the in-process sampler, sampling's memory is planned too (`sampling_gib`, at the p95 prompt)."""
     arch, plan, at_p95 = plan_for_run(settings, model_ref, processor, report.get("tokens"))
     if beside:
         plan, at_p95 = (replace(p, beside_gib=beside.gib, beside=beside.what) for p in (plan, at_p95))
+    if settings.rounds and settings.sampler == "transformers":
+        prompt = (report.get("tokens") or {}).get("prompt_tokens", {}).get("p95", settings.max_length)
+        sampling = sampling_gib(arch, settings, prompt)
+        plan, at_p95 = (replace(p, sampling_gib=sampling) for p in (plan, at_p95))
+        log.info("  sampling in a round: %d answers a prompt of %d tokens (p95) + %d new: %.2f GiB of KV cache and "
+                 "prefill instead of training's activations: %.1f GiB on the GPU", settings.samples_per_prompt,
+                 prompt, settings.sample_max_new_tokens, sampling, plan.sampling_device_gib)
     for line in describe(plan, arch, settings.quantization, at_p95):
         log.info(line)
     budget = image_budget(model_ref.family, processor, settings.image_max_pixels) if model_ref.family.vision else None
@@ -518,10 +548,15 @@ def check_memory(settings: JobSettings, model_ref: ModelRef, processor: Any, rep
         _check_merge(settings, arch, device)
     if device is not None and not plan.fits(device):
         hint = fewer_tokens_hint(model_ref.family, processor) if model_ref.family.vision else None
-        fixes = "; ".join([*reductions(arch, settings.quantization, plan, settings, hint),
+        sampling = plan.sampling_device_gib > plan.with_context
+        fixes = "; ".join([*(["fewer DPO_SAMPLES_PER_PROMPT or DPO_SAMPLE_MAX_NEW_TOKENS, or the samples drawn "
+                              "elsewhere (DPO_SAMPLER=openai with DPO_SAMPLER_URL)"] if sampling else []),
+                           *reductions(arch, settings.quantization, plan, settings, hint),
                            *([beside.fix] if beside else [])])
-        held = f" ({plan.with_context:.1f} GiB for the policy + {plan.beside_gib:.1f} GiB for {plan.beside})" \
-            if plan.beside_gib else ""
+        policy = f"{plan.sampling_device_gib:.1f} GiB for the policy while it samples" if sampling else \
+            f"{plan.with_context:.1f} GiB for the policy"
+        held = f" ({policy} + {plan.beside_gib:.1f} GiB for {plan.beside})" if plan.beside_gib else \
+            f" ({policy})" if sampling else ""
         message = (f"the memory plan needs {plan.device_gib:.1f} GiB on each GPU{held}, this one has {device:.1f} "
                    f"GiB; to bring it down: {fixes}")
         if settings.memory_check:

@@ -79,12 +79,10 @@ def judge_model(settings: JobSettings, cache_dir: Path) -> Judge | None:
     if settings.judge != "model" or not settings.rounds:
         return None
     if not settings.judge_model:
-        raise ConfigError("DPO_JUDGE=model needs DPO_JUDGE_MODEL: the judge model's Hub id, a local path or "
-                          "tiny:<family> (e.g. DPO_JUDGE_MODEL=llava-hf/llava-v1.6-mistral-7b-hf)")
-    try:
-        ref = resolve_model(settings.judge_model, "auto", None, cache_dir)
-    except ConfigError as exc:  # resolve_model names DPO_MODEL, the setting it is usually given
-        raise ConfigError(str(exc).replace("DPO_MODEL=", "DPO_JUDGE_MODEL=", 1)) from None
+        raise ConfigError("DPO_JUDGE=model needs DPO_JUDGE_MODEL, the vision-language model that judges each claim, "
+                          "e.g. DPO_JUDGE_MODEL=llava-hf/llava-v1.6-mistral-7b-hf (a Hub id, a local path or "
+                          "tiny:<family>)")
+    ref = resolve_model(settings.judge_model, "auto", None, cache_dir, "DPO_JUDGE_MODEL")
     arch = describe_architecture(load_config(config_path(ref)), ref.family, lora_config(settings, ref.family))
     return Judge(settings.judge_model, ref, arch, loaded_weights(arch, settings.quantization))
 
@@ -176,9 +174,11 @@ def describe(settings: JobSettings, size: RoundSize, plan: MemoryPlan, judge: Ju
         f"{'the policy the round starts from' if settings.round_reference == 'previous' else 'the base model'} "
         "(DPO_ROUND_REFERENCE)",
         f"  held-out: {n(size.heldout)} prompts answered greedily and judged before round 1 and after each round",
-        f"  memory: the policy's plan {plan.with_context:.1f} GiB"
-        + (f" + the judge's weights {plan.beside_gib:.1f} GiB = {plan.device_gib:.1f} GiB on the GPU" if judge else "")
-        + f"; fits: {', '.join(plan.fitting_gpus()) or 'none'}",
+        f"  memory: the policy's plan {plan.with_context:.1f} GiB training"
+        + (f", {plan.sampling_device_gib:.1f} GiB while sampling (with its KV cache and prefill)"
+           if plan.sampling_gib else "")
+        + (f" + the judge's weights {plan.beside_gib:.1f} GiB" if judge else "")
+        + f" = {plan.device_gib:.1f} GiB on the GPU; fits: {', '.join(plan.fitting_gpus()) or 'none'}",
         f"  time and cost a round, ESTIMATES (not measured): sampling at an assumed {DECODE_TOKENS_PER_S:g} decoded "
         f"tokens a second, judging one forward a claim ({CLAIM_TOKENS} tokens a claim assumed) at {MFU:.0%} MFU, "
         "training as the cost estimate counts a pair (entrypoint/planning/rounds.py):",
