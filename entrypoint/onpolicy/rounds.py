@@ -119,15 +119,15 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def heldout_score(model: Any, processor: Any, rows: Any, max_new_tokens: int, judge: Judge,
-                  is_main: bool) -> float | None:
+def heldout_score(model: Any, processor: Any, rows: Any, max_new_tokens: int, judge: Judge, is_main: bool,
+                  sharded: bool = False) -> float | None:
     """The mean judge score of the policy's greedy answers to the held-out prompts (answered on every rank, judged
-    on rank 0)."""
+    on rank 0); `sharded`: the model is FSDP's, whose every forward needs every rank (evaluation/answers.py)."""
     if rows is None or not len(rows):
         return None
     was_training = model.training
     model.eval()
-    answers = [[generate_answer(model, processor, row, max_new_tokens)] for row in rows]
+    answers = [[generate_answer(model, processor, row, max_new_tokens, sharded)] for row in rows]
     model.train(was_training)
     score = mean([one["score"] for [one] in judge.score(rows, answers)]) if is_main else None
     return peers.from_rank_0(score)
@@ -224,7 +224,7 @@ def _round(settings: JobSettings, checkpoint_dir: Path, model_ref: Any, family: 
                "mean_score": mean(scores), "heldout_base": heldout_base,
                "sampled_tokens": sampled_tokens(drawn), "sampling_s": sampling_s, "judging_s": judging_s,
                "heldout_mean_score": heldout_score(trainer.model, processor, data.eval, settings.sample_max_new_tokens,
-                                                   judge, is_main),
+                                                   judge, is_main, sharded=trainer.is_fsdp_enabled),
                "global_step": result.global_step}
     return trainer, result, resumed_from, summary
 
