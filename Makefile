@@ -64,10 +64,8 @@ $(SKY_VENV)/.installed: requirements-sky.lock
 demo: $(VENV)/.installed
 	$(DEMO_ENV) $(BIN)/python -m entrypoint
 
-# Every core (pytest-xdist): a test file's tests on one worker, so its module fixtures (a job run several tests
-# read) run once. `.venv/bin/python -m pytest tests/test_x.py` runs in one process, as always.
 test: install
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest
 
 # `pip install .` into a fresh venv gives a working job (tests/test_packaging.py, about 70 s; not in `make test`).
 package-check: $(VENV)/.installed
