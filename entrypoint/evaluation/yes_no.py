@@ -84,9 +84,6 @@ def yes_margin(model: Any, inputs: Any, tokens: AnswerTokens) -> Any:
     return torch.logsumexp(logits[:, list(tokens.yes)], dim=-1) - torch.logsumexp(logits[:, list(tokens.no)], dim=-1)
 
 
-_inputs, _yes_margin = question_inputs, yes_margin  # their earlier, private names
-
-
 def yes_margins(model: Any, processor: Any, pairs: Any, batch_size: int,
                 autocast: Callable[[], Any] = contextlib.nullcontext,
                 tokens: AnswerTokens | None = None) -> dict[str, list[float]]:

@@ -55,10 +55,10 @@ def check_round_settings(settings: JobSettings, cache_dir: Path) -> None:
     if not settings.rounds:
         return
     from entrypoint.onpolicy.endpoint import check_endpoint_settings
-    from entrypoint.planning.rounds import judge_model
+    from entrypoint.planning.rounds import judge_ref
 
     check_endpoint_settings(settings)
-    judge_model(settings, cache_dir)
+    judge_ref(settings, cache_dir)
 
 
 def round_dir(checkpoint_dir: Path, round_: int) -> Path:

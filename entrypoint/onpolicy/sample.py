@@ -4,8 +4,9 @@ DPO_SAMPLE_MAX_NEW_TOKENS tokens each.
 
 Each prompt's samples come from its own seed (the run's seed, the round, the prompt's index): the same prompt in the
 same round gives the same samples on any rank and after any restart, so a round cut off while sampling draws the
-same samples again. Ranks share the prompts (every `world`-th each) and every rank gets them all back; under FSDP,
-where each forward needs every rank, every rank samples every prompt with `synced_gpus`.
+same samples again. Ranks share the prompts (every `world`-th each) and every rank gets them all back. A round
+samples before its trainer wraps the model: each rank's policy is the whole copy loading gave it (under FSDP, where
+loading leaves the placing to the trainer, sampling has not met a GPU yet).
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ def generated_tokens(rows: Any, eos_token_id: Any) -> int:
 
 
 def sample_answers(model: Any, processor: Any, prompts: Any, *, seed: int, round_: int, samples: int,
-                   temperature: float, max_new_tokens: int, rank: int = 0, world: int = 1,
-                   sharded: bool = False) -> list[tuple[list[str], int]]:
+                   temperature: float, max_new_tokens: int, rank: int = 0,
+                   world: int = 1) -> list[tuple[list[str], int]]:
     """`samples` answers for each row of `prompts` (rows with `prompt` and `images`), in row order, on every rank,
     each row's with the tokens generated for them."""
     import torch
 
     tokenizer = getattr(processor, "tokenizer", processor)
-    mine = range(len(prompts)) if sharded else range(rank, len(prompts), world)
+    mine = range(rank, len(prompts), world)
     drawn: dict[int, tuple[list[str], int]] = {}
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos = tokenizer.eos_token_id if eos is None else eos
@@ -53,13 +54,12 @@ def sample_answers(model: Any, processor: Any, prompts: Any, *, seed: int, round
             with torch.no_grad():
                 output = model.generate(**inputs, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
                                         max_new_tokens=max_new_tokens, num_return_sequences=samples,
-                                        pad_token_id=tokenizer.pad_token_id, synced_gpus=sharded)
+                                        pad_token_id=tokenizer.pad_token_id)
             start = inputs["input_ids"].shape[1]
             drawn[index] = ([tokenizer.decode(row[start:], skip_special_tokens=True).strip() for row in output],
                             generated_tokens(output[:, start:], eos))
             advance(1)
     model.train(was_training)
-    if not sharded:
-        for part in peers.from_every_rank(drawn):
-            drawn.update(part)
+    for part in peers.from_every_rank(drawn):
+        drawn.update(part)
     return [drawn[index] for index in range(len(prompts))]

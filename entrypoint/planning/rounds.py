@@ -73,16 +73,24 @@ class Judge:
                       "a smaller DPO_JUDGE_MODEL, or the judge served elsewhere (DPO_JUDGE=openai with DPO_JUDGE_URL)")
 
 
-def judge_model(settings: JobSettings, cache_dir: Path) -> Judge | None:
-    """The judge DPO_JUDGE=model loads beside the policy (None for any other judge); its config.json is read (for a
-    Hub id, fetched: a few KB), its weights counted as load_model holds them in DPO_QUANTIZATION."""
+def judge_ref(settings: JobSettings, cache_dir: Path) -> ModelRef | None:
+    """DPO_JUDGE=model's judge model named and found (None for any other judge), before anything loads: its
+    config.json read (for a Hub id, fetched: a few KB)."""
     if settings.judge != "model" or not settings.rounds:
         return None
     if not settings.judge_model:
         raise ConfigError("DPO_JUDGE=model needs DPO_JUDGE_MODEL, the vision-language model that judges each claim, "
                           "e.g. DPO_JUDGE_MODEL=llava-hf/llava-v1.6-mistral-7b-hf (a Hub id, a local path or "
                           "tiny:<family>)")
-    ref = resolve_model(settings.judge_model, "auto", None, cache_dir, "DPO_JUDGE_MODEL")
+    return resolve_model(settings.judge_model, "auto", None, cache_dir, "DPO_JUDGE_MODEL")
+
+
+def judge_model(settings: JobSettings, cache_dir: Path) -> Judge | None:
+    """The judge DPO_JUDGE=model loads beside the policy (None for any other judge), its weights counted as
+    load_model holds them in DPO_QUANTIZATION."""
+    ref = judge_ref(settings, cache_dir)
+    if ref is None:
+        return None
     arch = describe_architecture(load_config(config_path(ref)), ref.family, lora_config(settings, ref.family))
     return Judge(settings.judge_model, ref, arch, loaded_weights(arch, settings.quantization))
 
